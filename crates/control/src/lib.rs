@@ -1,0 +1,2 @@
+//! berth's brain.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! Test-only helpers.
+#![forbid(unsafe_code)]
