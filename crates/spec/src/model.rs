@@ -359,3 +359,14 @@ impl Signal {
             .unwrap_or_else(|| format!("signal {}", self.number))
     }
 }
+
+impl ServiceSpec {
+    /// The path prefixes this service is routed on: `paths`, or `["/"]` when empty.
+    pub fn route_paths(&self) -> Vec<&str> {
+        if self.paths.is_empty() {
+            vec!["/"]
+        } else {
+            self.paths.iter().map(String::as_str).collect()
+        }
+    }
+}
