@@ -4,13 +4,47 @@
 //! **Boundary:** knows nothing of processes, specs or the store. The control plane hands
 //! it a new `RouteTable` whenever instances or config change; the proxy reads the latest
 //! snapshot per request.
+//!
+//! Codemap:
+//! - [`Proxy`] (this file) owns the shared state and the public API.
+//! - `listeners`: accept loops, per-connection HTTP/1 and HTTP/2 serving, lingering close.
+//! - `tls`: certificate loading, the SNI resolver, [`check_certificates`].
+//! - `routes`: compiles a [`RouteTable`] into host/path lookup maps.
+//! - `balance`: round-robin / least-connections choice and ejection of refusing backends.
+//! - `upstream`: per-backend state and the keep-alive connection pool.
+//! - `forward`: the request handler (rules, redirects, limits, forwarding, upgrades).
+//! - `headers`: hop-by-hop stripping, `X-Forwarded-*`, client address resolution.
+//! - `body`: request/response body wrappers (size limits, accounting on completion).
+//! - `access_log`: the bounded, rotated access log written off the request path.
+//! - `metrics`: per-service counters and histograms in Prometheus text format.
+//!
+//! **Invariant:** the request path takes no lock: routes and config are `arc-swap`
+//! snapshots, counters are atomics; the only mutex guards a backend's idle-connection list.
 #![forbid(unsafe_code)]
 
+mod access_log;
+mod balance;
+mod body;
+mod forward;
+mod headers;
+mod listeners;
+mod metrics;
+mod routes;
+mod tls;
+mod upstream;
+
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use ipnet::IpNet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use tls::check_certificates;
 
 /// Listener and limit settings (from `[proxy]`).
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +64,26 @@ pub struct ProxyConfig {
     pub certificates: Vec<(PathBuf, PathBuf)>,
 }
 
+impl Default for ProxyConfig {
+    /// The defaults of DESIGN.md: no listeners, no access log, 10 s header timeout,
+    /// 64 KiB headers, 60 s idle, 5 s connect, 60 s response.
+    fn default() -> Self {
+        Self {
+            http: None,
+            https: None,
+            public_https_port: None,
+            trusted_proxies: Vec::new(),
+            access_log: None,
+            header_timeout: Duration::from_secs(10),
+            max_header_size: 64 * 1024,
+            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
+            certificates: Vec::new(),
+        }
+    }
+}
+
 /// An immutable routing snapshot, swapped atomically.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
@@ -43,8 +97,9 @@ pub enum HostPattern {
     Wildcard(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Balance {
+    #[default]
     RoundRobin,
     LeastConn,
 }
@@ -67,8 +122,285 @@ pub struct ServiceRoute {
     pub backends: Vec<Backend>,
 }
 
+impl Default for ServiceRoute {
+    /// An empty service: no hosts, no backends, `max_body` 1 GiB, round-robin.
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            hosts: Vec::new(),
+            paths: Vec::new(),
+            default: false,
+            https_redirect: false,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            max_body: 1 << 30,
+            balance: Balance::RoundRobin,
+            maintenance: None,
+            backends: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
     pub instance: String,
     pub addr: SocketAddr,
+}
+
+/// Why the proxy could not start or reload.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+    #[error("the https listener needs at least one [[proxy.certificates]] entry")]
+    NoCertificate,
+    #[error("{}", .0.join("; "))]
+    Certificates(Vec<String>),
+    #[error("cannot open access log {}: {source}", path.display())]
+    AccessLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How long a pooled upstream connection may stay idle before it is closed. Shorter
+/// than the usual backend keep-alive (5 s for Node) so we rarely reuse a connection the
+/// backend is closing.
+pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// State shared by the listeners, the request handler and the public API.
+pub(crate) struct Shared {
+    pub(crate) routes: ArcSwap<routes::CompiledRoutes>,
+    pub(crate) config: ArcSwap<listeners::RuntimeConfig>,
+    pub(crate) upstreams: upstream::Registry,
+    pub(crate) metrics: metrics::Metrics,
+    pub(crate) tls: Arc<tls::SniResolver>,
+    /// Stops accept loops and asks connections to finish gracefully.
+    pub(crate) shutdown: CancellationToken,
+    /// Cuts whatever is still open once the shutdown grace has passed.
+    pub(crate) hard_stop: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+}
+
+/// The running edge proxy. Cheap to clone; all clones drive the same listeners.
+#[derive(Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+    control: Arc<Mutex<Control>>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("local_addrs", &self.local_addrs())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What only the (rare) control calls touch.
+struct Control {
+    config: ProxyConfig,
+    http: Option<listeners::Listener>,
+    https: Option<listeners::Listener>,
+    access_log_path: Option<PathBuf>,
+}
+
+impl Proxy {
+    /// Binds the listeners, loads the certificates and spawns the accept loops on the
+    /// current tokio runtime.
+    pub async fn start(config: ProxyConfig, routes: RouteTable) -> Result<Proxy, ProxyError> {
+        let store = tls::load_store(&config.certificates)?;
+        if config.https.is_some() && store.is_empty() {
+            return Err(ProxyError::NoCertificate);
+        }
+        let resolver = Arc::new(tls::SniResolver::new(store));
+        let access_log = match &config.access_log {
+            Some(path) => Some(Arc::new(access_log::AccessLog::open(path)?)),
+            None => None,
+        };
+        let http = match config.http {
+            Some(addr) => Some(listeners::bind(addr).await?),
+            None => None,
+        };
+        let https = match config.https {
+            Some(addr) => Some(listeners::bind(addr).await?),
+            None => None,
+        };
+        let https_port = https
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port());
+        let runtime = listeners::RuntimeConfig::new(&config, https_port, access_log);
+        let shared = Arc::new(Shared {
+            routes: ArcSwap::from_pointee(routes::CompiledRoutes::default()),
+            config: ArcSwap::from_pointee(runtime),
+            upstreams: upstream::Registry::default(),
+            metrics: metrics::Metrics::default(),
+            tls: resolver,
+            shutdown: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        });
+        *lock(&shared.metrics.access_log_dropped) = shared
+            .config
+            .load()
+            .access_log
+            .as_ref()
+            .map(|l| l.dropped.clone());
+        let tls_config = tls::server_config(shared.tls.clone());
+        let control = Control {
+            access_log_path: config.access_log.clone(),
+            http: http.map(|l| listeners::spawn_accept_loop(&shared, l, None)),
+            https: https.map(|l| listeners::spawn_accept_loop(&shared, l, Some(tls_config))),
+            config,
+        };
+        upstream::spawn_reaper(&shared);
+        let proxy = Proxy {
+            shared,
+            control: Arc::new(Mutex::new(control)),
+        };
+        proxy.update_routes(routes);
+        Ok(proxy)
+    }
+
+    /// Swaps in a new routing table. In-flight requests keep the snapshot they started
+    /// with; backend state (in-flight counts, pooled connections) carries over by instance.
+    pub fn update_routes(&self, routes: RouteTable) {
+        let compiled = routes::CompiledRoutes::compile(
+            &routes,
+            |b| self.shared.upstreams.get_or_insert(b),
+            |name| self.shared.metrics.service(name),
+        );
+        self.shared.routes.store(Arc::new(compiled));
+        self.shared.upstreams.retain(&routes);
+    }
+
+    /// Takes up new certificates and limits; rebinds listeners whose address changed.
+    /// On error nothing changes.
+    pub async fn reload(&self, config: ProxyConfig) -> Result<(), ProxyError> {
+        let store = tls::load_store(&config.certificates)?;
+        if config.https.is_some() && store.is_empty() {
+            return Err(ProxyError::NoCertificate);
+        }
+        let (old, old_log_path, old_log) = {
+            let control = lock(&self.control);
+            (
+                control.config.clone(),
+                control.access_log_path.clone(),
+                self.shared.config.load().access_log.clone(),
+            )
+        };
+        let new_http = if config.http != old.http {
+            match config.http {
+                Some(addr) => Some(Some(listeners::bind(addr).await?)),
+                None => Some(None),
+            }
+        } else {
+            None
+        };
+        let new_https = if config.https != old.https {
+            match config.https {
+                Some(addr) => Some(Some(listeners::bind(addr).await?)),
+                None => Some(None),
+            }
+        } else {
+            None
+        };
+        let access_log = if config.access_log == old_log_path {
+            old_log
+        } else {
+            match &config.access_log {
+                Some(path) => Some(Arc::new(access_log::AccessLog::open(path)?)),
+                None => None,
+            }
+        };
+        self.shared.tls.swap(store);
+        let mut control = lock(&self.control);
+        if let Some(listener) = new_http {
+            if let Some(old) = control.http.take() {
+                old.stop();
+            }
+            control.http = listener.map(|l| listeners::spawn_accept_loop(&self.shared, l, None));
+        }
+        if let Some(listener) = new_https {
+            if let Some(old) = control.https.take() {
+                old.stop();
+            }
+            let tls_config = tls::server_config(self.shared.tls.clone());
+            control.https =
+                listener.map(|l| listeners::spawn_accept_loop(&self.shared, l, Some(tls_config)));
+        }
+        let https_port = control.https.as_ref().map(|l| l.addr.port());
+        *lock(&self.shared.metrics.access_log_dropped) =
+            access_log.as_ref().map(|l| l.dropped.clone());
+        self.shared
+            .config
+            .store(Arc::new(listeners::RuntimeConfig::new(
+                &config, https_port, access_log,
+            )));
+        control.access_log_path = config.access_log.clone();
+        control.config = config;
+        Ok(())
+    }
+
+    /// Requests currently being forwarded to that backend instance (open WebSockets
+    /// included); deploys drain on it.
+    pub fn in_flight(&self, instance: &str) -> usize {
+        self.shared.upstreams.in_flight(instance)
+    }
+
+    /// Per-service counters and latency histograms in Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        let mut in_flight: HashMap<String, usize> = HashMap::new();
+        for (instance, n) in self.shared.upstreams.in_flight_all() {
+            *in_flight.entry(instance).or_default() += n;
+        }
+        self.shared.metrics.render(&in_flight)
+    }
+
+    /// The actual bound (http, https) addresses.
+    pub fn local_addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        let control = lock(&self.control);
+        (
+            control.http.as_ref().map(|l| l.addr),
+            control.https.as_ref().map(|l| l.addr),
+        )
+    }
+
+    /// Stops accepting, asks open connections to finish their current requests, and
+    /// waits up to `grace` before cutting what is left (WebSockets included).
+    pub async fn shutdown(&self, grace: Duration) {
+        {
+            let mut control = lock(&self.control);
+            if let Some(l) = control.http.take() {
+                l.stop();
+            }
+            if let Some(l) = control.https.take() {
+                l.stop();
+            }
+        }
+        self.shared.shutdown.cancel();
+        self.shared.tracker.close();
+        if tokio::time::timeout(grace, self.shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            self.shared.hard_stop.cancel();
+            // Connection tasks end promptly once cut; bound it anyway.
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.tracker.wait()).await;
+        }
+        self.shared.upstreams.clear_idle();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Entry points for the fuzz targets in `fuzz/`; not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::headers::fuzz_request_head;
+    pub use crate::routes::fuzz_route;
 }

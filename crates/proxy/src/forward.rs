@@ -1,0 +1,543 @@
+//! The request handler: route, access rules, redirect, maintenance, limits, then
+//! forward to a backend with retries, and stream the answer back.
+//!
+//! Decisions that need no backend (404, 403, 308, 503 maintenance, 413 by declared
+//! length, 503 without instances) are taken synchronously on the snapshot loaded at the
+//! start of the request; the snapshot is not held across awaits, so a route swap never
+//! waits for requests.
+//!
+//! Retries: a failed connect tries the next backend for any request (nothing was sent);
+//! a request that hyper reports as never written goes out on another connection; a
+//! pooled connection that dies after the request was written is retried once on a new
+//! connection when the request is idempotent and bodiless.
+//!
+//! Must not: hold a lock across an await, buffer a body, or block on the access log.
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::TokioIo;
+
+use crate::Shared;
+use crate::access_log::{AccessLog, Record};
+use crate::balance::{self, Tried};
+use crate::body::{Completion, ReqBody, RespBody, is_body_too_large};
+use crate::headers::{self, Forwarded};
+use crate::metrics::UpstreamError;
+use crate::routes::{Service, normalize_host};
+use crate::upstream::{self, ConnectError, InFlight};
+
+/// A pooled connection idle for longer than this might be closing on the backend's
+/// side as we use it; only then is the request head kept for a retry.
+const STALE_RISK: Duration = Duration::from_millis(250);
+const RETRY_AFTER_NO_BACKEND: HeaderValue = HeaderValue::from_static("5");
+const RETRY_AFTER_MAINTENANCE: HeaderValue = HeaderValue::from_static("30");
+const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+const HTML: HeaderValue = HeaderValue::from_static("text/html; charset=utf-8");
+
+/// Per client connection.
+pub(crate) struct ConnCtx {
+    pub(crate) shared: Arc<Shared>,
+    /// Socket peer, IPv4-mapped addresses normalised.
+    pub(crate) peer: IpAddr,
+    pub(crate) https: bool,
+    /// Requests seen, for the HTTP/2 idle watchdog.
+    pub(crate) requests: AtomicU64,
+}
+
+/// What a forwarded request needs after the synchronous checks.
+struct Plan {
+    service: Arc<Service>,
+    client: IpAddr,
+    peer_trusted: bool,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+}
+
+/// The access-log record being filled in, with its destination.
+type LogCtx = Option<(Arc<AccessLog>, Record)>;
+
+pub(crate) async fn handle(
+    ctx: Arc<ConnCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, Infallible> {
+    ctx.requests.fetch_add(1, Ordering::Relaxed);
+    let start = Instant::now();
+    match decide(&ctx, &req, start) {
+        Decision::Respond(resp) => Ok(resp),
+        Decision::Forward(plan, log) => Ok(forward(&ctx, req, plan, log, start).await),
+    }
+}
+
+#[allow(clippy::large_enum_variant)] // short-lived, on the stack
+enum Decision {
+    Respond(Response<RespBody>),
+    Forward(Box<Plan>, LogCtx),
+}
+
+fn decide(ctx: &ConnCtx, req: &Request<Incoming>, start: Instant) -> Decision {
+    let shared = &ctx.shared;
+    let cfg = shared.config.load();
+    let log: LogCtx = cfg.access_log.as_ref().map(|log| {
+        let record = Record {
+            time: SystemTime::now(),
+            service: None,
+            instance: None,
+            method: req.method().clone(),
+            host: req.headers().get(header::HOST).cloned(),
+            uri: req.uri().clone(),
+            status: 0,
+            bytes: 0,
+            duration: Duration::ZERO,
+            client: ctx.peer,
+        };
+        (log.clone(), record)
+    });
+    let raw_host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or("");
+    let host = normalize_host(raw_host);
+    let routes = shared.routes.load();
+    let Some(service) = routes.lookup(&host, req.uri().path()) else {
+        shared.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
+        return Decision::Respond(local(
+            None,
+            log,
+            start,
+            StatusCode::NOT_FOUND,
+            "no service for this host\n",
+        ));
+    };
+    let client = headers::client_ip(ctx.peer, req.headers(), &cfg.trusted_proxies);
+    let log = log.map(|(l, mut r)| {
+        r.client = client;
+        r.service = Some(service.name.clone());
+        (l, r)
+    });
+    let denied = service.deny.iter().any(|n| n.contains(&client))
+        || (!service.allow.is_empty() && !service.allow.iter().any(|n| n.contains(&client)));
+    if denied {
+        return Decision::Respond(local(
+            Some(service),
+            log,
+            start,
+            StatusCode::FORBIDDEN,
+            "forbidden\n",
+        ));
+    }
+    if service.https_redirect && !ctx.https {
+        return Decision::Respond(redirect(
+            service,
+            log,
+            start,
+            &host,
+            req.uri(),
+            cfg.redirect_port,
+        ));
+    }
+    if let Some(page) = &service.maintenance {
+        let mut resp = local(
+            Some(service),
+            log,
+            start,
+            StatusCode::SERVICE_UNAVAILABLE,
+            page.clone(),
+        );
+        resp.headers_mut().insert(header::CONTENT_TYPE, HTML);
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, RETRY_AFTER_MAINTENANCE);
+        return Decision::Respond(resp);
+    }
+    if req
+        .body()
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n > service.max_body)
+    {
+        let mut resp = local(
+            Some(service),
+            log,
+            start,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large\n",
+        );
+        if req.version() < Version::HTTP_2 {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return Decision::Respond(resp);
+    }
+    if service.backends.is_empty() {
+        return Decision::Respond(no_backend(service, log, start));
+    }
+    let peer_trusted = !cfg.trusted_proxies.is_empty()
+        && cfg.trusted_proxies.iter().any(|n| n.contains(&ctx.peer));
+    Decision::Forward(
+        Box::new(Plan {
+            service: service.clone(),
+            client,
+            peer_trusted,
+            connect_timeout: cfg.connect_timeout,
+            response_timeout: cfg.response_timeout,
+        }),
+        log,
+    )
+}
+
+fn no_backend(service: &Service, log: LogCtx, start: Instant) -> Response<RespBody> {
+    let mut resp = local(
+        Some(service),
+        log,
+        start,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no instance of this service is running\n",
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, RETRY_AFTER_NO_BACKEND);
+    resp
+}
+
+fn redirect(
+    service: &Service,
+    log: LogCtx,
+    start: Instant,
+    host: &str,
+    uri: &Uri,
+    port: u16,
+) -> Response<RespBody> {
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    };
+    let Ok(location) = HeaderValue::from_str(&location) else {
+        return local(
+            Some(service),
+            log,
+            start,
+            StatusCode::BAD_REQUEST,
+            "bad host\n",
+        );
+    };
+    let mut resp = local(
+        Some(service),
+        log,
+        start,
+        StatusCode::PERMANENT_REDIRECT,
+        Bytes::new(),
+    );
+    resp.headers_mut().insert(header::LOCATION, location);
+    resp
+}
+
+/// A response made by the proxy itself; accounted and logged at once.
+fn local(
+    service: Option<&Service>,
+    log: LogCtx,
+    start: Instant,
+    status: StatusCode,
+    body: impl Into<Bytes>,
+) -> Response<RespBody> {
+    let body: Bytes = body.into();
+    let elapsed = start.elapsed();
+    if let Some(service) = service {
+        service.metrics.observe(status.as_u16(), elapsed);
+    }
+    if let Some((log, mut record)) = log {
+        record.status = status.as_u16();
+        record.bytes = body.len() as u64;
+        record.duration = elapsed;
+        log.send(record);
+    }
+    let mut resp = Response::new(RespBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, TEXT);
+    resp
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The head of a bodiless request, for one retry.
+fn clone_head(req: &Request<ReqBody>) -> Request<ReqBody> {
+    let mut copy = Request::new(ReqBody::Empty);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+async fn forward(
+    ctx: &Arc<ConnCtx>,
+    mut req: Request<Incoming>,
+    plan: Box<Plan>,
+    log: LogCtx,
+    start: Instant,
+) -> Response<RespBody> {
+    let service = &plan.service;
+    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+
+    let host = match parts.headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    let from_h2 = parts.version == Version::HTTP_2;
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    parts.headers.remove(header::EXPECT);
+    if let Some(h) = &host
+        && !parts.headers.contains_key(header::HOST)
+    {
+        parts.headers.insert(header::HOST, h.clone());
+    }
+    if from_h2 {
+        join_cookies(&mut parts.headers);
+    }
+    Forwarded {
+        peer: ctx.peer,
+        peer_trusted: plan.peer_trusted,
+        client: plan.client,
+        https: ctx.https,
+        host: host.as_ref(),
+    }
+    .apply(&mut parts.headers);
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .map_or_else(|| Uri::from_static("/"), Uri::from);
+    }
+    parts.version = Version::HTTP_11;
+
+    let body = if body.is_end_stream() {
+        ReqBody::Empty
+    } else if body.size_hint().exact().is_some() {
+        ReqBody::Stream(body)
+    } else {
+        ReqBody::Limited {
+            inner: body,
+            remaining: service.max_body,
+        }
+    };
+    let may_replay = matches!(body, ReqBody::Empty) && is_idempotent(&parts.method) && !upgrade;
+    let mut req = Request::from_parts(parts, body);
+    let mut tried = Tried::default();
+    let mut replay_left = may_replay;
+
+    loop {
+        let Some(index) = balance::pick(service, tried) else {
+            return local(
+                Some(service),
+                log,
+                start,
+                StatusCode::BAD_GATEWAY,
+                "cannot reach an instance of this service\n",
+            );
+        };
+        let up = &service.backends[index];
+        let in_flight = InFlight::new(up.clone());
+        let (mut tx, idle_for) = match up.checkout() {
+            Some((mut tx, idle_for)) => {
+                if tx.ready().await.is_err() {
+                    continue;
+                }
+                (tx, Some(idle_for))
+            }
+            None => match upstream::connect(up.addr, plan.connect_timeout).await {
+                Ok(tx) => (tx, None),
+                Err(e) => {
+                    match e {
+                        ConnectError::Refused => balance::eject(up),
+                        ConnectError::Timeout => {
+                            tracing::warn!(instance = %up.instance, addr = %up.addr, "connect to backend timed out");
+                        }
+                        ConnectError::Other(ref e) => {
+                            tracing::warn!(instance = %up.instance, addr = %up.addr, error = %e, "cannot connect to backend");
+                        }
+                    }
+                    service.metrics.upstream_error(UpstreamError::Connect);
+                    tried.add(index);
+                    continue;
+                }
+            },
+        };
+        let replay = match idle_for {
+            Some(d) if replay_left && d > STALE_RISK => Some(clone_head(&req)),
+            _ => None,
+        };
+        let sent = tokio::time::timeout(plan.response_timeout, tx.try_send_request(req)).await;
+        match sent {
+            Err(_elapsed) => {
+                service.metrics.upstream_error(UpstreamError::Timeout);
+                tracing::warn!(instance = %up.instance, "backend did not answer within the response timeout");
+                return local(
+                    Some(service),
+                    with_instance(log, up),
+                    start,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the instance did not answer in time\n",
+                );
+            }
+            Ok(Ok(resp)) => {
+                return respond(
+                    ctx,
+                    service,
+                    resp,
+                    tx,
+                    in_flight,
+                    client_upgrade,
+                    log,
+                    start,
+                );
+            }
+            Ok(Err(mut e)) => {
+                if let Some(unsent) = e.take_message() {
+                    req = unsent;
+                    continue;
+                }
+                let err = e.into_error();
+                if is_body_too_large(&err) {
+                    let mut resp = local(
+                        Some(service),
+                        with_instance(log, up),
+                        start,
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request body too large\n",
+                    );
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return resp;
+                }
+                if let Some(head) = replay {
+                    replay_left = false;
+                    req = head;
+                    continue;
+                }
+                service.metrics.upstream_error(UpstreamError::Reset);
+                tracing::debug!(instance = %up.instance, error = %err, "forwarding failed");
+                return local(
+                    Some(service),
+                    with_instance(log, up),
+                    start,
+                    StatusCode::BAD_GATEWAY,
+                    "the instance closed the connection\n",
+                );
+            }
+        }
+    }
+}
+
+fn with_instance(log: LogCtx, up: &upstream::Upstream) -> LogCtx {
+    log.map(|(l, mut r)| {
+        r.instance = Some(up.instance.clone());
+        (l, r)
+    })
+}
+
+/// HTTP/2 may split `Cookie` into several fields; HTTP/1.1 wants one (RFC 9113 8.2.3).
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for (i, v) in headers.get_all(header::COOKIE).iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn respond(
+    ctx: &Arc<ConnCtx>,
+    service: &Arc<Service>,
+    mut resp: Response<Incoming>,
+    tx: upstream::Sender,
+    in_flight: InFlight,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    log: LogCtx,
+    start: Instant,
+) -> Response<RespBody> {
+    let status = resp.status();
+    let log = with_instance(log, &in_flight.0);
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return local(
+                Some(service),
+                log,
+                start,
+                StatusCode::BAD_GATEWAY,
+                "unexpected 101 from the instance\n",
+            );
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let hard_stop = ctx.shared.hard_stop.clone();
+        ctx.shared.tracker.spawn(async move {
+            let (client, upstream) = tokio::join!(client_upgrade, upstream_upgrade);
+            let (Ok(client), Ok(upstream)) = (client, upstream) else {
+                return;
+            };
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                _ = hard_stop.cancelled() => {}
+            }
+            drop(in_flight);
+        });
+        let (mut parts, _) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, true);
+        service.metrics.observe(status.as_u16(), start.elapsed());
+        if let Some((l, mut r)) = log {
+            r.status = status.as_u16();
+            r.duration = start.elapsed();
+            l.send(r);
+        }
+        drop(tx);
+        return Response::from_parts(parts, RespBody::Full(None));
+    }
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    let done = Completion {
+        in_flight,
+        conn: Some(tx),
+        metrics: service.metrics.clone(),
+        status: status.as_u16(),
+        start,
+        log: log.map(|(l, mut r)| {
+            r.status = status.as_u16();
+            (l, r)
+        }),
+    };
+    Response::from_parts(parts, RespBody::upstream(body, done))
+}
