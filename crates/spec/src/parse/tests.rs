@@ -1023,3 +1023,24 @@ fn load_reports_an_unreadable_file() {
     assert_eq!((err.0[0].line, err.0[0].col), (1, 1));
     assert!(err.0[0].message.starts_with("cannot read the config file"));
 }
+
+/// A cheap, deterministic stand-in for the fuzz target: every prefix of a full config
+/// and every one-character deletion gives a spec or errors inside the text, no panic.
+#[test]
+fn damaged_configs_never_panic() {
+    let text = EVERY_KEY;
+    let boundaries: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+    let mut variants: Vec<String> = boundaries.iter().map(|&i| text[..i].to_owned()).collect();
+    for window in boundaries.windows(2) {
+        variants.push(format!("{}{}", &text[..window[0]], &text[window[1]..]));
+    }
+    for variant in &variants {
+        if let Err(errs) = parse(Path::new(FILE), variant) {
+            let lines = variant.split('\n').count();
+            assert!(!errs.0.is_empty());
+            for e in &errs.0 {
+                assert!((1..=lines).contains(&e.line) && e.col >= 1, "{e}");
+            }
+        }
+    }
+}
