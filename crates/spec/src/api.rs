@@ -93,8 +93,6 @@ pub struct EventView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LogsResponse {
     pub lines: Vec<LogLineView>,
-    /// Opaque cursor for `?after=` to follow.
-    pub cursor: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
