@@ -78,3 +78,58 @@ async fn unreachable_backend_is_502() {
     let got = fetch(addr, "web.test", "/").await;
     assert_eq!(got.status, 502);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_pooled_and_stale_ones_replaced() {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let web = upstream("web").await;
+    let (_proxy, addr) = start(
+        config(),
+        table(vec![service("web", &["web.test"], &[&web])]),
+    )
+    .await;
+    for _ in 0..20 {
+        assert_eq!(fetch(addr, "web.test", "/").await.status, 200);
+    }
+    assert_eq!(
+        web.accepted.load(Ordering::Relaxed),
+        1,
+        "one pooled connection reused"
+    );
+
+    // A backend that closes every connection after one answer, without saying so.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let once_addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nonce")
+                    .await;
+            });
+        }
+    });
+    let mut route = service("once", &["once.test"], &[]);
+    route.backends.push(Backend {
+        instance: "once".into(),
+        addr: once_addr,
+    });
+    let (_proxy, addr) = start(config(), table(vec![route])).await;
+    for _ in 0..10 {
+        let got = fetch(addr, "once.test", "/").await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.text(), "once");
+    }
+}

@@ -269,3 +269,46 @@ async fn shutdown_lets_in_flight_requests_finish() {
         "no longer listening"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_rebinds_a_changed_listener() {
+    let web = upstream("web").await;
+    let cfg = config();
+    let (proxy, old) = start(
+        cfg.clone(),
+        table(vec![service("web", &["web.test"], &[&web])]),
+    )
+    .await;
+    // Keep-alive connection opened before the reload.
+    let stream = tokio::net::TcpStream::connect(old).await.expect("connect");
+    let (mut tx, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+
+    let spare = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let new_addr = spare.local_addr().expect("addr");
+    drop(spare);
+    let mut moved = cfg.clone();
+    moved.http = Some(new_addr);
+    proxy.reload(moved).await.expect("reload");
+    assert_eq!(proxy.local_addrs().0, Some(new_addr));
+    assert_eq!(fetch(new_addr, "web.test", "/").await.status, 200);
+    eventually(WAIT, "old listener closed", || async {
+        tokio::net::TcpStream::connect(old)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    let got = collect(
+        tx.send_request(get("web.test", "/"))
+            .await
+            .expect("old conn"),
+    )
+    .await;
+    assert_eq!(got.status, 200, "open connections survive the rebind");
+}

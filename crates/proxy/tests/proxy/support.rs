@@ -85,6 +85,8 @@ pub async fn start(config: ProxyConfig, routes: RouteTable) -> (Proxy, SocketAdd
 pub struct Upstream {
     pub name: String,
     pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Upstream {
@@ -102,11 +104,14 @@ pub async fn upstream(name: &str) -> Upstream {
         .expect("bind upstream");
     let addr = listener.local_addr().expect("addr");
     let name_owned: Arc<str> = Arc::from(name);
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let name = name_owned.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| echo(name.clone(), req));
@@ -120,6 +125,7 @@ pub async fn upstream(name: &str) -> Upstream {
     Upstream {
         name: name.to_owned(),
         addr,
+        accepted,
     }
 }
 

@@ -29,6 +29,7 @@ async fn ws_upstream() -> Upstream {
     Upstream {
         name: "ws".into(),
         addr,
+        accepted: Default::default(),
     }
 }
 
