@@ -43,6 +43,8 @@ pub struct ApiState {
     pub token_hash: Option<[u8; 32]>,
     /// The config file `berth up` runs (default for `apply`).
     pub config_path: PathBuf,
+    /// `[berth]` as berth started with it: these settings need a restart to change.
+    pub berth: spec::BerthConfig,
 }
 
 // ---- errors ---------------------------------------------------------------------------
@@ -154,27 +156,43 @@ async fn apply(
     } else {
         PathBuf::from(&req.path)
     };
-    Ok(Json(apply_file(&s.handle, &path, "apply").await?))
+    Ok(Json(apply_file(&s, &path, "apply").await?))
 }
 
-/// Loads, checks and applies a config file: the path of `apply` and SIGHUP.
+/// Loads, checks and applies a config file: the path of `apply` and SIGHUP. Nothing
+/// changes unless the whole file is valid; the proxy takes up its new settings
+/// (certificates, limits, listeners) before services change.
 pub async fn apply_file(
-    handle: &Handle,
+    s: &ApiState,
     path: &Path,
     trigger: &str,
 ) -> Result<ApplyResponse, ApiError> {
-    let spec = spec::load(path)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_config", e.to_string()))?;
+    let invalid = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_config", m);
+    let spec = spec::load(path).map_err(|e| invalid(e.to_string()))?;
     let problems = check_files(&spec);
     if !problems.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_config",
-            problems.join("\n"),
-        ));
+        return Err(invalid(problems.join("\n")));
     }
+    let (old, new) = (&s.berth, &spec.berth);
+    for (key, changed) in [
+        ("data_dir", old.data_dir != new.data_dir),
+        ("api", old.api != new.api),
+        ("api_token_file", old.api_token_file != new.api_token_file),
+        ("metrics", old.metrics != new.metrics),
+    ] {
+        if changed {
+            return Err(invalid(format!(
+                "{}: [berth] {key} changed; that takes a restart of berth (stop it and run `berth up` again)",
+                spec.path.display()
+            )));
+        }
+    }
+    s.proxy
+        .reload(crate::dataplane::proxy_config(&spec))
+        .await
+        .map_err(|e| invalid(format!("{}: [proxy]: {e}", spec.path.display())))?;
     let trigger = trigger.to_owned();
-    Ok(handle
+    Ok(s.handle
         .ask(|reply| Request::Apply {
             spec: Box::new(spec),
             trigger,
@@ -288,6 +306,137 @@ async fn maintenance(
         })
         .await?;
     Ok(Json(Ack { message }))
+}
+
+/// Makes a new release from the file's entry (and a copy of `dir`, if given) and rolls it
+/// out. Returns at once; progress is in the events after `after_seq`.
+#[utoipa::path(post, path = "/v1/services/{name}/deploy", request_body = DeployRequest,
+    params(("name" = String, Path, description = "service")),
+    responses((status = 200, body = DeployResponse), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "a deploy of this service is running")))]
+async fn deploy(
+    State(s): State<ApiState>,
+    UrlPath(name): UrlPath<String>,
+    Body400(req): Body400<DeployRequest>,
+) -> ApiResult<DeployResponse> {
+    let source = match req.dir.as_deref() {
+        None | Some("") => None,
+        Some(dir) => Some(copy_source(&s, &name, Path::new(dir)).await?),
+    };
+    let trigger = if source.is_some() {
+        "deploy --dir"
+    } else {
+        "deploy"
+    }
+    .to_owned();
+    let result = s
+        .handle
+        .ask(|reply| Request::Deploy {
+            service: name,
+            source: source.clone(),
+            trigger,
+            reply,
+        })
+        .await;
+    if result.is_err()
+        && let Some(src) = source
+    {
+        let _ = std::fs::remove_dir_all(src);
+    }
+    Ok(Json(result?))
+}
+
+/// Copies a deploy's source into `data_dir/releases/NAME/.incoming-*` (the controller
+/// renames it into place), so the release never depends on the directory staying put.
+async fn copy_source(s: &ApiState, service: &str, dir: &Path) -> Result<PathBuf, ApiError> {
+    if !dir.is_absolute() {
+        return Err(ApiError::bad_request(format!(
+            "dir must be an absolute path, found {:?}",
+            dir.display()
+        )));
+    }
+    if !dir.is_dir() {
+        return Err(ApiError::bad_request(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    if spec::ServiceName::new(service).is_err() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no service named {service:?}"),
+        ));
+    }
+    let mut raw = [0u8; 8];
+    getrandom(&mut raw)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let suffix: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let dest = s
+        .berth
+        .data_dir
+        .join("releases")
+        .join(service)
+        .join(format!(".incoming-{suffix}"));
+    let (src, dst) = (dir.to_owned(), dest.clone());
+    tokio::task::spawn_blocking(move || copy_tree(&src, &dst))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| {
+            let _ = std::fs::remove_dir_all(&dest);
+            ApiError::bad_request(format!("cannot copy {}: {e}", dir.display()))
+        })?;
+    Ok(dest)
+}
+
+/// Recursive copy keeping permissions and symbolic links.
+fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let (from, to) = (entry.path(), dst.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
+        } else if kind.is_dir() {
+            copy_tree(&from, &to)?;
+        } else {
+            std::fs::copy(&from, &to)?;
+        }
+    }
+    Ok(())
+}
+
+/// Rolls out an earlier release again, from its stored source.
+#[utoipa::path(post, path = "/v1/services/{name}/rollback", request_body = RollbackRequest,
+    params(("name" = String, Path, description = "service")),
+    responses((status = 200, body = DeployResponse), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn rollback(
+    State(s): State<ApiState>,
+    UrlPath(name): UrlPath<String>,
+    Body400(req): Body400<RollbackRequest>,
+) -> ApiResult<DeployResponse> {
+    let to = match req.to.as_deref() {
+        None | Some("") => None,
+        Some(v) => Some(
+            v.strip_prefix('v')
+                .unwrap_or(v)
+                .parse::<u32>()
+                .map_err(|_| {
+                    ApiError::bad_request(format!("to: expected a release like v3, found {v:?}"))
+                })?,
+        ),
+    };
+    Ok(Json(
+        s.handle
+            .ask(|reply| Request::Rollback {
+                service: name,
+                to,
+                reply,
+            })
+            .await?,
+    ))
 }
 
 /// The service's releases, newest first.
@@ -549,6 +698,8 @@ pub fn router(state: ApiState) -> Router {
         .routes(routes!(signal))
         .routes(routes!(maintenance))
         .routes(routes!(releases))
+        .routes(routes!(deploy))
+        .routes(routes!(rollback))
         .routes(routes!(logs))
         .routes(routes!(events))
         .routes(routes!(metrics))

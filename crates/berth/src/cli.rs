@@ -91,6 +91,26 @@ enum Command {
         #[arg(value_parser = ["on", "off"])]
         mode: String,
     },
+    /// Make a new release of a service and roll it out: new instances first, old ones
+    /// drained once the new ones are healthy; rolls back by itself if they are not.
+    /// Shows each step; exits 0 only once the release is live and its watch window passed.
+    Deploy {
+        service: String,
+        /// Deploy this directory (copied into berth's data_dir as the release's source).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Return as soon as the deploy has started.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Roll back to the last release that was live before the current one (or --to vN).
+    Rollback {
+        service: String,
+        #[arg(long, value_name = "vN")]
+        to: Option<String>,
+        #[arg(long)]
+        detach: bool,
+    },
     /// List a service's releases.
     Releases {
         service: String,
@@ -273,6 +293,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             writeln!(out, "removed:   {}", list(&r.removed))?;
             writeln!(out, "unchanged: {}", list(&r.unchanged))?;
         }
+        Command::Deploy {
+            service,
+            dir,
+            detach,
+        } => {
+            let dir = dir.map(|d| absolute(&d)).transpose()?;
+            let body = DeployRequest {
+                dir: dir.map(|d| d.display().to_string()),
+            };
+            let started: DeployResponse = client
+                .post(&format!("/v1/services/{}/deploy", encode(&service)), &body)
+                .await?;
+            return follow_deploy(&client, &started, detach).await;
+        }
+        Command::Rollback {
+            service,
+            to,
+            detach,
+        } => {
+            let started: DeployResponse = client
+                .post(
+                    &format!("/v1/services/{}/rollback", encode(&service)),
+                    &RollbackRequest { to },
+                )
+                .await?;
+            return follow_deploy(&client, &started, detach).await;
+        }
         Command::Releases { service, json } => {
             let r: ReleasesResponse = client
                 .get(&format!("/v1/services/{}/releases", encode(&service)))
@@ -331,6 +378,51 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a deploy's events as they happen until it succeeds (exit 0) or fails (exit 1).
+async fn follow_deploy(
+    client: &Client,
+    started: &DeployResponse,
+    detach: bool,
+) -> Result<ExitCode> {
+    println!("deploying {} {}", started.service, started.release);
+    if detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut outcome: Option<(bool, String)> = None;
+    let path = format!("/v1/events?after={}&follow=true", started.after_seq);
+    let result = client
+        .follow(&path, |line| {
+            let e: EventView = serde_json::from_slice(line)?;
+            if e.service.as_deref() != Some(started.service.as_str()) {
+                return Ok(());
+            }
+            let who = e.instance.as_deref().unwrap_or(&started.service);
+            println!(
+                "{} {:<12} {}",
+                &e.time[11..23.min(e.time.len())],
+                who,
+                e.message
+            );
+            match e.kind.as_str() {
+                "deploy.succeeded" => outcome = Some((true, e.message)),
+                "deploy.failed" => outcome = Some((false, e.message)),
+                _ => return Ok(()),
+            }
+            // Done: end the stream.
+            bail!("done")
+        })
+        .await;
+    match (outcome, result) {
+        (Some((true, _)), _) => Ok(ExitCode::SUCCESS),
+        (Some((false, why)), _) => {
+            eprintln!("error: {why}");
+            Ok(ExitCode::FAILURE)
+        }
+        (None, Err(e)) => Err(e),
+        (None, Ok(())) => bail!("berth closed the event stream before the deploy ended"),
+    }
 }
 
 fn check(config: &std::path::Path) -> ExitCode {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use control::{Controller, ControllerConfig, Handle};
+use control::{Controller, ControllerConfig};
 use nix::fcntl::{Flock, FlockArg};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
@@ -73,6 +73,7 @@ pub async fn run(config: &Path) -> Result<()> {
         proxy: proxy.clone(),
         token_hash,
         config_path: spec.path.clone(),
+        berth: spec.berth.clone(),
     };
     let api_task = api::serve(&spec.berth.api, state.clone()).await?;
     let metrics_task = match spec.berth.metrics {
@@ -95,7 +96,7 @@ pub async fn run(config: &Path) -> Result<()> {
         https.map(|a| format!("; https {a}")).unwrap_or_default(),
     );
 
-    wait_for_signals(&handle, &spec.path).await?;
+    wait_for_signals(&state).await?;
     api_task.abort();
     if let Some(t) = metrics_task {
         t.abort();
@@ -111,7 +112,8 @@ pub async fn run(config: &Path) -> Result<()> {
 
 /// Serves signals until a stop: SIGHUP applies the file again; SIGTERM/SIGINT stop
 /// every instance gracefully, a second one at once.
-async fn wait_for_signals(handle: &Handle, config: &Path) -> Result<()> {
+async fn wait_for_signals(state: &ApiState) -> Result<()> {
+    let (handle, config) = (&state.handle, &state.config_path);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -121,7 +123,7 @@ async fn wait_for_signals(handle: &Handle, config: &Path) -> Result<()> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 info!("SIGHUP: applying {}", config.display());
-                match api::apply_file(handle, config, "SIGHUP").await {
+                match api::apply_file(state, config, "SIGHUP").await {
                     Ok(r) => info!(added = ?r.added, changed = ?r.changed, removed = ?r.removed, "applied"),
                     Err(e) => warn!("SIGHUP apply refused: {}", e.message()),
                 }

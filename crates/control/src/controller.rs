@@ -19,17 +19,25 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use spec::api::{ApplyResponse, EventView, InstanceView, PsResponse, ReleaseView, ServiceView};
+use spec::api::{
+    ApplyResponse, DeployResponse, EventView, InstanceView, PsResponse, ReleaseView, ServiceView,
+};
 use spec::{ServiceKind, ServiceSpec, Spec};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::clock::{now_ms, rfc3339};
+use crate::deploy::{self, Decision};
 use crate::instance::{Action, Health, Input, Instance, Policy, State};
 use crate::ports::PortAllocator;
 use crate::routes::{self, DataPlane, RouteInput};
 use crate::store::{EventRecord, ReleaseRecord, ServiceRecord, Store};
+
+/// How often the controller re-plans on its own (grace and watch deadlines, stats).
+const TICK: Duration = Duration::from_millis(250);
+/// Resource usage is sampled every this many ticks (2 s).
+const STATS_EVERY: u64 = 8;
 
 /// Errors the controller returns to API callers.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -105,6 +113,20 @@ pub enum Request {
         limit: u32,
         reply: Reply<Vec<EventView>>,
     },
+    /// A new release from the file's entry (and `source`, a directory already moved
+    /// under data_dir), rolled out.
+    Deploy {
+        service: String,
+        source: Option<PathBuf>,
+        trigger: String,
+        reply: Reply<DeployResponse>,
+    },
+    /// Roll out an earlier release again.
+    Rollback {
+        service: String,
+        to: Option<u32>,
+        reply: Reply<DeployResponse>,
+    },
     /// The service's log files, for `logs`.
     LogDir {
         service: String,
@@ -126,6 +148,19 @@ enum Msg {
         input: Input,
     },
     Stats(HashMap<u32, runtime::stats::TreeSample>, Instant),
+    /// One health probe's result.
+    Health {
+        id: String,
+        incarnation: u64,
+        result: Result<(), String>,
+    },
+    ReleaseCommandDone {
+        service: String,
+        rollout: u64,
+        result: Result<(), String>,
+    },
+    /// Re-plan now (a grace or watch time is up).
+    Wake,
     Tick,
 }
 
@@ -175,8 +210,16 @@ struct Service {
 /// An instance with its run-time handles.
 struct Slot {
     inst: Instance,
-    /// Cancels the tasks of the current incarnation (probes, timers, drains).
+    /// Cancels the tasks of the current state (readiness probes, timers, drains).
     cancel: CancellationToken,
+    /// Cancels the tasks of the current incarnation's life (health checks): fired when
+    /// it leaves `starting`/`running`.
+    life: CancellationToken,
+    /// Consecutive passed and failed health checks.
+    passes: u32,
+    fails: u32,
+    /// When this record was created or adopted (grace for instances not yet launched).
+    created_ms: u64,
     /// Last CPU sample: (ticks, when).
     cpu: Option<(u64, Instant)>,
     cpu_percent: f64,
@@ -188,6 +231,10 @@ impl Slot {
         Slot {
             inst,
             cancel: CancellationToken::new(),
+            life: CancellationToken::new(),
+            passes: 0,
+            fails: 0,
+            created_ms: now_ms(),
             cpu: None,
             cpu_percent: 0.0,
             memory_bytes: 0,
@@ -208,6 +255,7 @@ pub struct Controller {
     ports: PortAllocator,
     reroute: bool,
     shutting_down: Option<(bool, Vec<oneshot::Sender<()>>)>,
+    ticks: u64,
 }
 
 impl Controller {
@@ -233,6 +281,7 @@ impl Controller {
             release_specs: HashMap::new(),
             reroute: true,
             shutting_down: None,
+            ticks: 0,
         };
         for record in c.store.services()? {
             let maintenance_page = maintenance_page(&record.spec);
@@ -250,7 +299,7 @@ impl Controller {
         c.after_message();
         let ticker = tx.clone();
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(2));
+            let mut every = tokio::time::interval(TICK);
             loop {
                 every.tick().await;
                 if ticker.send(Msg::Tick).is_err() {
@@ -272,6 +321,17 @@ impl Controller {
                     input,
                 } => self.instance_input(&id, incarnation, input),
                 Msg::Stats(samples, at) => self.stats(samples, at),
+                Msg::Health {
+                    id,
+                    incarnation,
+                    result,
+                } => self.health(&id, incarnation, result),
+                Msg::ReleaseCommandDone {
+                    service,
+                    rollout,
+                    result,
+                } => self.release_command_done(&service, rollout, result),
+                Msg::Wake => {}
                 Msg::Tick => self.tick(),
             }
             self.after_message();
@@ -380,12 +440,29 @@ impl Controller {
                 let _ = reply.send(r);
             }
             Request::Restart { service, reply } => {
-                let r = self.with_service(&service, |s| {
-                    s.record.rollout += 1;
-                    s.record.stopped = false;
-                    format!("{service} restarting")
-                });
+                let release = self
+                    .services
+                    .get(&service)
+                    .filter(|s| !s.removed)
+                    .map(|s| s.record.release);
+                let r = match release {
+                    Some(v) => self
+                        .start_deploy(&service, v, "restart")
+                        .map(|_| format!("{service}: rolling restart of v{v} started")),
+                    None => Err(not_found(&service)),
+                };
                 let _ = reply.send(r);
+            }
+            Request::Deploy {
+                service,
+                source,
+                trigger,
+                reply,
+            } => {
+                let _ = reply.send(self.deploy(&service, source, &trigger));
+            }
+            Request::Rollback { service, to, reply } => {
+                let _ = reply.send(self.rollback(&service, to));
             }
             Request::Maintenance {
                 service,
@@ -534,6 +611,19 @@ impl Controller {
             })
             .collect();
         let d = spec::diff(&stored, &spec.services);
+        // All or nothing: a changed service whose deploy still runs refuses the apply.
+        for name in &d.changed {
+            if let Some(dep) = self
+                .services
+                .get(name.as_str())
+                .and_then(|s| s.record.deploy.as_ref())
+            {
+                return Err(ControlError::Conflict(format!(
+                    "{name} changed, but its deploy of v{} ({}) is still running; apply again when it has finished",
+                    dep.to_release, dep.trigger
+                )));
+            }
+        }
         let now = now_ms();
         for name in &d.added {
             let sspec = spec.services[name].clone();
@@ -557,6 +647,7 @@ impl Controller {
                 release,
                 rollout,
                 next_index,
+                deploy: None,
             };
             self.new_release(&record, now, trigger)?;
             self.store.put_service(&record)?;
@@ -581,28 +672,33 @@ impl Controller {
             let Some(s) = self.services.get_mut(&name) else {
                 continue;
             };
-            let previous = s.record.release;
             s.record.spec = sspec.clone();
-            s.record.release += 1;
-            s.record.rollout += 1;
             // Run-time settings last until the file's entry changes.
             s.record.scale = None;
             s.record.stopped = false;
             s.record.maintenance = false;
             s.maintenance_page = maintenance_page(&sspec);
             let record = s.record.clone();
-            if let Some(mut prev) = self.store.release(&name, previous)? {
-                prev.status = "superseded".into();
-                self.store.put_release(&prev)?;
-            }
-            self.new_release(&record, now, trigger)?;
             self.store.put_service(&record)?;
+            let version = self.next_release_number(&name)?;
+            let r = ReleaseRecord {
+                service: name.clone(),
+                version,
+                status: "deploying".into(),
+                created_ms: now,
+                trigger: trigger.to_owned(),
+                reason: None,
+                spec: sspec.clone(),
+            };
+            self.store.put_release(&r)?;
+            self.release_specs.insert((name.clone(), version), sspec);
             self.record_event(
-                Some(name),
+                Some(name.clone()),
                 None,
                 "service.changed",
-                &format!("changed: release v{} ({trigger})", record.release),
+                &format!("changed: release v{version} ({trigger})"),
             );
+            self.start_deploy(&name, version, trigger)?;
         }
         for name in &d.removed {
             let name = name.to_string();
@@ -687,6 +783,9 @@ impl Controller {
             // Tasks of the old state (probes, drains, timers) are moot now.
             slot.cancel.cancel();
             slot.cancel = CancellationToken::new();
+            if !matches!(slot.inst.state, State::Starting | State::Running) {
+                slot.life.cancel();
+            }
         }
         let inst = slot.inst.clone();
         if let Err(e) = self.store.put_instance(&inst) {
@@ -694,6 +793,92 @@ impl Controller {
         }
         for a in actions {
             self.run_action(id, a);
+        }
+    }
+
+    /// Counts a health probe's result: readiness after `healthy_threshold` passes, out of
+    /// rotation after `unhealthy_threshold` failures, replaced when it stays unhealthy
+    /// as long again.
+    fn health(&mut self, id: &str, incarnation: u64, result: Result<(), String>) {
+        let Some(spec) = self.instance_spec(id) else {
+            return;
+        };
+        let Some(h) = spec.health.as_ref() else {
+            return;
+        };
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
+        if slot.inst.incarnation != incarnation
+            || !matches!(slot.inst.state, State::Starting | State::Running)
+        {
+            return;
+        }
+        let service = slot.inst.service.clone();
+        let mut events: Vec<(&'static str, String)> = Vec::new();
+        let mut ready = false;
+        match result {
+            Ok(()) => {
+                slot.fails = 0;
+                slot.passes = slot.passes.saturating_add(1);
+                if slot.passes >= h.healthy_threshold && slot.inst.health != Health::Healthy {
+                    if slot.inst.health == Health::Unhealthy {
+                        events.push(("instance.healthy", "healthy again: back in rotation".into()));
+                    } else {
+                        events.push((
+                            "instance.healthy",
+                            format!("{} passed", crate::health::describe(&h.check)),
+                        ));
+                    }
+                    slot.inst.health = Health::Healthy;
+                    slot.inst.health_reason = None;
+                    ready = slot.inst.state == State::Starting;
+                    self.reroute = true;
+                }
+            }
+            Err(reason) => {
+                slot.passes = 0;
+                slot.fails = slot.fails.saturating_add(1);
+                let changed = slot.inst.health_reason.as_deref() != Some(reason.as_str());
+                slot.inst.health_reason = Some(format!(
+                    "{reason} ({} time{})",
+                    slot.fails,
+                    if slot.fails == 1 { "" } else { "s" }
+                ));
+                if slot.inst.state == State::Starting {
+                    if changed && slot.fails == 1 {
+                        events.push(("instance.unhealthy", format!("not healthy yet: {reason}")));
+                    }
+                } else if slot.fails >= h.unhealthy_threshold
+                    && slot.inst.health != Health::Unhealthy
+                {
+                    slot.inst.health = Health::Unhealthy;
+                    self.reroute = true;
+                    events.push((
+                        "instance.unhealthy",
+                        format!(
+                            "unhealthy, out of rotation: {reason} ({} times)",
+                            slot.fails
+                        ),
+                    ));
+                } else if slot.fails >= h.unhealthy_threshold.saturating_mul(2)
+                    && !slot.inst.replace
+                {
+                    slot.inst.replace = true;
+                    events.push((
+                        "instance.replacing",
+                        format!("still unhealthy ({reason}); replacing it"),
+                    ));
+                }
+            }
+        }
+        let inst = slot.inst.clone();
+        let _ = self.store.put_instance(&inst);
+        for (kind, message) in events {
+            self.record_event(Some(service.clone()), Some(id), kind, &message);
+        }
+        if ready {
+            self.instance_input(id, incarnation, Input::Ready);
         }
     }
 
@@ -768,6 +953,12 @@ impl Controller {
         };
         slot.inst.incarnation += 1;
         let incarnation = slot.inst.incarnation;
+        slot.life.cancel();
+        slot.life = CancellationToken::new();
+        slot.passes = 0;
+        slot.fails = 0;
+        slot.inst.health = Health::Unknown;
+        slot.inst.health_reason = None;
         if spec.kind.has_port() {
             // Keep the port across restarts; a new one if it was taken meanwhile.
             let keep = slot.inst.port.filter(|p| port_is_free(*p));
@@ -817,19 +1008,7 @@ impl Controller {
         spec: &ServiceSpec,
         incarnation: u64,
     ) -> runtime::LaunchSpec {
-        let mut env: BTreeMap<String, String> = BTreeMap::new();
-        if let Ok(path) = std::env::var("PATH") {
-            env.insert("PATH".into(), path);
-        }
-        for (k, v) in &spec.env {
-            env.insert(k.clone(), v.clone());
-        }
-        if let Some(p) = inst.port {
-            env.insert("PORT".into(), p.to_string());
-        }
-        env.insert("BERTH_SERVICE".into(), inst.service.clone());
-        env.insert("BERTH_INSTANCE".into(), inst.id.clone());
-        env.insert("BERTH_RELEASE".into(), format!("v{}", inst.release));
+        let env = instance_env(inst, spec);
         let desired = self
             .services
             .get(&inst.service)
@@ -845,7 +1024,7 @@ impl Controller {
             socket: self.socket_path(&inst.id, incarnation),
             argv: spec.command.argv(),
             dir: spec.dir.clone(),
-            env: env.into_iter().collect(),
+            env,
             user: spec.user.clone(),
             log_file: self.log_path(&inst.service, &inst.id),
             log_max_bytes,
@@ -884,6 +1063,33 @@ impl Controller {
                 input,
             });
         });
+        if let Some(health) = spec.health.clone() {
+            // Health checks decide readiness and, later, rotation.
+            let life = slot.life.clone();
+            let env = instance_env(&slot.inst, &spec);
+            let dir = spec.dir.clone();
+            let tx = self.tx.clone();
+            let id = id.to_owned();
+            tokio::spawn(async move {
+                loop {
+                    let result =
+                        crate::health::probe(&health.check, port, health.timeout, &dir, &env).await;
+                    let msg = Msg::Health {
+                        id: id.clone(),
+                        incarnation,
+                        result,
+                    };
+                    if life.is_cancelled() || tx.send(msg).is_err() {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = life.cancelled() => return,
+                        _ = tokio::time::sleep(health.interval) => {}
+                    }
+                }
+            });
+            return;
+        }
         if state != State::Starting {
             return;
         }
@@ -1008,111 +1214,597 @@ impl Controller {
         }
     }
 
-    /// Brings one service's instances in line with its desired count and rollout.
+    /// Brings one service's instances in line with its target: the planner decides,
+    /// this carries it out.
     fn reconcile(&mut self, name: &str) {
         let Some(svc) = self.services.get(name) else {
             return;
         };
-        let (desired, rollout, removed, stopped) = if svc.removed {
-            (0, svc.record.rollout, true, true)
-        } else {
-            (
-                svc.record.desired() as usize,
-                svc.record.rollout,
-                false,
-                svc.record.stopped,
-            )
-        };
-        let mine: Vec<(String, State, u64)> = self
+        let removed = svc.removed;
+        let stopped = svc.record.stopped || removed;
+        // Stopped instances are shown while the service stays stopped; otherwise they
+        // are history.
+        let stale: Vec<String> = self
             .slots
             .values()
-            .filter(|s| s.inst.service == name)
-            .map(|s| (s.inst.id.clone(), s.inst.state, s.inst.rollout))
+            .filter(|s| s.inst.service == name && s.inst.state == State::Stopped && !stopped)
+            .map(|s| s.inst.id.clone())
             .collect();
-
-        // History that is no longer wanted: stopped instances of a service that runs
-        // (or is gone), and ended instances of an older rollout.
-        for (id, state, r) in &mine {
-            let forget = (*state == State::Stopped && (!stopped || removed))
-                || (state.is_final() && (*r != rollout || removed));
-            if forget {
-                self.forget(id);
-            }
+        for id in stale {
+            self.forget(&id);
         }
         if removed {
-            let left = mine
-                .iter()
-                .filter(|(id, s, _)| self.slots.contains_key(id) && !s.is_final())
-                .count();
-            for (id, s, _) in &mine {
-                if s.is_active() {
+            let mine: Vec<(String, State)> = self
+                .slots
+                .values()
+                .filter(|s| s.inst.service == name)
+                .map(|s| (s.inst.id.clone(), s.inst.state))
+                .collect();
+            for (id, state) in &mine {
+                if state.is_active() {
                     self.stop_instance(id);
+                } else if state.is_final() {
+                    self.forget(id);
                 }
             }
-            if left == 0 {
+            if !mine.iter().any(|(_, s)| !s.is_final()) {
                 self.services.remove(name);
                 self.reroute = true;
             }
             return;
         }
-
-        let current: Vec<(String, State)> = mine
-            .iter()
-            .filter(|(id, s, r)| {
-                *r == rollout
-                    && (s.is_active() || *s == State::Exited)
-                    && self.slots.contains_key(id)
+        let Some(target) = self.target(name) else {
+            return;
+        };
+        let views: Vec<deploy::View> = self
+            .slots
+            .values()
+            .filter(|s| s.inst.service == name)
+            .map(|s| deploy::View {
+                id: s.inst.id.clone(),
+                rollout: s.inst.rollout,
+                state: s.inst.state,
+                health: s.inst.health,
+                replace: s.inst.replace,
+                since_ms: s
+                    .inst
+                    .started_at_ms
+                    .unwrap_or(s.created_ms)
+                    .max(s.created_ms),
+                reason: s
+                    .inst
+                    .last_exit
+                    .clone()
+                    .or_else(|| s.inst.health_reason.clone()),
             })
-            .map(|(id, s, _)| (id.clone(), *s))
             .collect();
-        let outdated: Vec<(String, State)> = mine
-            .iter()
-            .filter(|(_, s, r)| *r != rollout && s.is_active())
-            .map(|(id, s, _)| (id.clone(), *s))
-            .collect();
-
-        if current.len() < desired {
-            for _ in current.len()..desired {
-                self.create_instance(name);
+        let deploy = self
+            .services
+            .get(name)
+            .and_then(|s| s.record.deploy.clone());
+        let now = now_ms();
+        for decision in deploy::plan(&target, deploy.as_ref(), &views, now) {
+            match decision {
+                Decision::Start => self.create_instance(name),
+                Decision::Stop(id) => self.stop_instance(&id),
+                Decision::Forget(id) => self.forget(&id),
+                Decision::Replace(id) => {
+                    if let Some(slot) = self.slots.get_mut(&id) {
+                        slot.inst.replace = true;
+                        let inst = slot.inst.clone();
+                        let _ = self.store.put_instance(&inst);
+                        let why = inst.health_reason.unwrap_or_else(|| "no reason".into());
+                        self.record_event(
+                            Some(name.to_owned()),
+                            Some(&id),
+                            "instance.replacing",
+                            &format!("not healthy within its grace time ({why}); replacing it"),
+                        );
+                    }
+                }
+                Decision::Fail(reason) => {
+                    self.fail_deploy(name, reason);
+                    return;
+                }
+                Decision::Switched => {
+                    let watch = target.watch_ms;
+                    self.update_deploy(name, |d| {
+                        d.phase = deploy::Phase::Watching {
+                            until_ms: now + watch,
+                        }
+                    });
+                    self.wake_after(Duration::from_millis(watch));
+                    self.record_event(
+                        Some(name.to_owned()),
+                        None,
+                        "deploy.switched",
+                        &format!(
+                            "every instance runs the new release; watching for {}",
+                            spec::format_duration(Duration::from_millis(watch))
+                        ),
+                    );
+                }
+                Decision::Finish => self.finish_deploy(name),
+                Decision::RolledBack => self.rolled_back(name),
             }
-        } else if current.len() > desired {
-            // Shed the least useful first: exited, crash-looping, starting, then the
-            // newest running ones.
-            let mut extra = current.clone();
-            extra.sort_by_key(|(id, s)| {
-                let rank = match s {
-                    State::Exited => 0,
-                    State::Backoff => 1,
-                    State::Starting => 2,
-                    _ => 3,
-                };
-                (rank, std::cmp::Reverse(index_of(id)))
+        }
+    }
+
+    /// The planner's view of a service's settings.
+    fn target(&self, name: &str) -> Option<deploy::Target> {
+        let svc = self.services.get(name)?;
+        let spec = self
+            .release_spec(name, svc.record.release)
+            .unwrap_or_else(|| svc.record.spec.clone());
+        let grace = spec
+            .health
+            .as_ref()
+            .map(|h| h.grace)
+            .unwrap_or(Duration::from_secs(30));
+        Some(deploy::Target {
+            desired: svc.record.desired() as usize,
+            rollout: svc.record.rollout,
+            surge: spec.deploy.surge as usize,
+            strategy: spec.deploy.strategy,
+            grace_ms: grace.as_millis() as u64,
+            watch_ms: spec.deploy.watch.as_millis() as u64,
+            auto_rollback: spec.deploy.auto_rollback,
+        })
+    }
+
+    /// Starts a rollout of `service` to `to_release` (the same release for a restart).
+    fn start_deploy(
+        &mut self,
+        name: &str,
+        to_release: u32,
+        trigger: &str,
+    ) -> Result<DeployResponse, ControlError> {
+        let Some(svc) = self.services.get(name) else {
+            return Err(not_found(name));
+        };
+        if let Some(d) = &svc.record.deploy {
+            return Err(ControlError::Conflict(format!(
+                "a deploy of {name} is running: v{} ({}), started {}; wait for it to finish",
+                d.to_release,
+                d.trigger,
+                rfc3339(d.started_ms)
+            )));
+        }
+        let spec = self.release_spec(name, to_release).ok_or_else(|| {
+            ControlError::NotFound(format!("{name} has no release v{to_release}"))
+        })?;
+        let after_seq = self
+            .store
+            .events(None, 1)?
+            .last()
+            .map(|e| e.seq)
+            .unwrap_or(0);
+        let now = now_ms();
+        let Some(svc) = self.services.get_mut(name) else {
+            return Err(not_found(name));
+        };
+        let release_command = spec
+            .deploy
+            .release_command
+            .clone()
+            .filter(|_| to_release != svc.record.release);
+        let d = deploy::Deploy {
+            from_release: svc.record.release,
+            from_rollout: svc.record.rollout,
+            to_release,
+            to_rollout: svc.record.rollout + 1,
+            phase: if release_command.is_some() {
+                deploy::Phase::ReleaseCommand
+            } else {
+                deploy::Phase::Rolling
+            },
+            trigger: trigger.to_owned(),
+            started_ms: now,
+            reason: None,
+        };
+        svc.record.release = to_release;
+        svc.record.rollout = d.to_rollout;
+        svc.record.stopped = false;
+        svc.record.deploy = Some(d.clone());
+        let record = svc.record.clone();
+        self.store.put_service(&record)?;
+        if d.to_release != d.from_release {
+            self.set_release_status(name, to_release, "deploying", None);
+        }
+        self.reroute = true;
+        self.record_event(
+            Some(name.to_owned()),
+            None,
+            "deploy.started",
+            &format!(
+                "rolling out v{to_release} ({trigger}) over v{}",
+                d.from_release
+            ),
+        );
+        if let Some(cmd) = release_command {
+            self.run_release_command(name, &spec, cmd, d.to_rollout);
+        }
+        Ok(DeployResponse {
+            service: name.to_owned(),
+            release: format!("v{to_release}"),
+            after_seq,
+        })
+    }
+
+    fn run_release_command(&mut self, name: &str, spec: &ServiceSpec, cmd: String, rollout: u64) {
+        self.record_event(
+            Some(name.to_owned()),
+            None,
+            "deploy.release-command",
+            &format!("running the release command: {cmd}"),
+        );
+        let mut env: Vec<(String, String)> = base_env(spec);
+        env.push(("BERTH_SERVICE".into(), name.to_owned()));
+        let dir = spec.dir.clone();
+        let tx = self.tx.clone();
+        let service = name.to_owned();
+        tokio::spawn(async move {
+            let out = tokio::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(&cmd)
+                .current_dir(&dir)
+                .env_clear()
+                .envs(env)
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output()
+                .await;
+            let result = match out {
+                Ok(o) if o.status.success() => Ok(()),
+                Ok(o) => {
+                    let text = String::from_utf8_lossy(if o.stderr.is_empty() {
+                        &o.stdout
+                    } else {
+                        &o.stderr
+                    })
+                    .into_owned();
+                    let last = text
+                        .lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or("")
+                        .trim()
+                        .to_owned();
+                    Err(format!(
+                        "release command {cmd:?} failed ({}): {last}",
+                        runtime::ExitStatus {
+                            code: o.status.code(),
+                            signal: None
+                        }
+                    ))
+                }
+                Err(e) => Err(format!("release command {cmd:?} could not run: {e}")),
+            };
+            let _ = tx.send(Msg::ReleaseCommandDone {
+                service,
+                rollout,
+                result,
             });
-            for (id, s) in extra.into_iter().take(current.len() - desired) {
-                if s == State::Exited {
-                    self.forget(&id);
-                } else {
-                    self.stop_instance(&id);
+        });
+    }
+
+    fn release_command_done(&mut self, name: &str, rollout: u64, result: Result<(), String>) {
+        let Some(d) = self
+            .services
+            .get(name)
+            .and_then(|s| s.record.deploy.clone())
+        else {
+            return;
+        };
+        if d.to_rollout != rollout || d.phase != deploy::Phase::ReleaseCommand {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                self.update_deploy(name, |d| d.phase = deploy::Phase::Rolling);
+                self.record_event(
+                    Some(name.to_owned()),
+                    None,
+                    "deploy.release-command",
+                    "release command succeeded",
+                );
+            }
+            Err(reason) => {
+                // Nothing was started: restore the target and end the deploy here.
+                self.fail_deploy(name, reason);
+            }
+        }
+    }
+
+    fn update_deploy(&mut self, name: &str, f: impl FnOnce(&mut deploy::Deploy)) {
+        if let Some(svc) = self.services.get_mut(name)
+            && let Some(d) = svc.record.deploy.as_mut()
+        {
+            f(d);
+            let record = svc.record.clone();
+            if let Err(e) = self.store.put_service(&record) {
+                warn!(service = %name, error = %e, "cannot record deploy");
+            }
+        }
+    }
+
+    /// The deploy failed: the previous rollout becomes the target again.
+    fn fail_deploy(&mut self, name: &str, reason: String) {
+        let Some(svc) = self.services.get_mut(name) else {
+            return;
+        };
+        let Some(d) = svc.record.deploy.as_mut() else {
+            return;
+        };
+        if d.phase == deploy::Phase::RollingBack {
+            return;
+        }
+        d.phase = deploy::Phase::RollingBack;
+        d.reason = Some(reason.clone());
+        let d = d.clone();
+        svc.record.release = d.from_release;
+        svc.record.rollout = d.from_rollout;
+        let record = svc.record.clone();
+        let _ = self.store.put_service(&record);
+        if d.to_release != d.from_release {
+            self.set_release_status(name, d.to_release, "failed", Some(reason.clone()));
+        }
+        self.reroute = true;
+        self.record_event(
+            Some(name.to_owned()),
+            None,
+            "deploy.rolling-back",
+            &format!(
+                "v{} failed: {reason}; restoring v{}",
+                d.to_release, d.from_release
+            ),
+        );
+    }
+
+    fn rolled_back(&mut self, name: &str) {
+        let Some(svc) = self.services.get_mut(name) else {
+            return;
+        };
+        let Some(d) = svc.record.deploy.take() else {
+            return;
+        };
+        let record = svc.record.clone();
+        let _ = self.store.put_service(&record);
+        self.reroute = true;
+        self.record_event(
+            Some(name.to_owned()),
+            None,
+            "deploy.failed",
+            &format!(
+                "deploy of v{} failed: {}; v{} serves again",
+                d.to_release,
+                d.reason.unwrap_or_else(|| "unknown reason".into()),
+                d.from_release
+            ),
+        );
+    }
+
+    fn finish_deploy(&mut self, name: &str) {
+        let Some(svc) = self.services.get_mut(name) else {
+            return;
+        };
+        let Some(d) = svc.record.deploy.take() else {
+            return;
+        };
+        let record = svc.record.clone();
+        let _ = self.store.put_service(&record);
+        if d.to_release != d.from_release {
+            let previous = if d.trigger == "rollback" {
+                "rolled-back"
+            } else {
+                "superseded"
+            };
+            self.set_release_status(name, d.from_release, previous, None);
+            self.set_release_status(name, d.to_release, "live", None);
+            self.prune_sources(name);
+        }
+        self.reroute = true;
+        self.record_event(
+            Some(name.to_owned()),
+            None,
+            "deploy.succeeded",
+            &format!("v{} is live ({})", d.to_release, d.trigger),
+        );
+    }
+
+    fn set_release_status(
+        &mut self,
+        name: &str,
+        version: u32,
+        status: &str,
+        reason: Option<String>,
+    ) {
+        match self.store.release(name, version) {
+            Ok(Some(mut r)) => {
+                r.status = status.to_owned();
+                if reason.is_some() {
+                    r.reason = reason;
+                }
+                if let Err(e) = self.store.put_release(&r) {
+                    warn!(service = %name, error = %e, "cannot record release");
                 }
             }
+            Ok(None) => {}
+            Err(e) => warn!(service = %name, error = %e, "cannot read release"),
         }
+    }
 
-        // Replace outdated instances without dropping below the desired count of
-        // running ones.
-        let running_current = current.iter().filter(|(_, s)| *s == State::Running).count();
-        let running_outdated = outdated
+    /// Deletes release sources beyond `keep_releases`, never the live one's or the one
+    /// live before it.
+    fn prune_sources(&mut self, name: &str) {
+        let Some(svc) = self.services.get(name) else {
+            return;
+        };
+        let keep = svc.record.spec.deploy.keep_releases as usize;
+        let Ok(releases) = self.store.releases(name) else {
+            return;
+        };
+        let live = svc.record.release;
+        let previous_live = releases
             .iter()
-            .filter(|(_, s)| *s == State::Running)
-            .count();
-        let mut may_stop_running = (running_current + running_outdated).saturating_sub(desired);
-        for (id, s) in outdated {
-            if s != State::Running {
-                self.stop_instance(&id);
-            } else if may_stop_running > 0 {
-                may_stop_running -= 1;
-                self.stop_instance(&id);
+            .filter(|r| {
+                r.version != live && matches!(r.status.as_str(), "superseded" | "rolled-back")
+            })
+            .map(|r| r.version)
+            .max();
+        let dir = self.config.data_dir.join("releases").join(name);
+        let mut with_source: Vec<u32> = releases
+            .iter()
+            .map(|r| r.version)
+            .filter(|v| dir.join(format!("v{v}")).exists())
+            .collect();
+        with_source.sort_unstable_by(|a, b| b.cmp(a));
+        for v in with_source.into_iter().skip(keep) {
+            if v == live || Some(v) == previous_live {
+                continue;
+            }
+            if std::fs::remove_dir_all(dir.join(format!("v{v}"))).is_ok() {
+                self.record_event(
+                    Some(name.to_owned()),
+                    None,
+                    "release.pruned",
+                    &format!("deleted the source of v{v}"),
+                );
             }
         }
+    }
+
+    fn next_release_number(&self, name: &str) -> Result<u32, ControlError> {
+        let stored = self.store.releases(name)?.iter().map(|r| r.version).max();
+        let live = self.services.get(name).map(|s| s.record.release);
+        Ok(stored.max(live).unwrap_or(0) + 1)
+    }
+
+    fn release_spec(&self, name: &str, version: u32) -> Option<ServiceSpec> {
+        if let Some(s) = self.release_specs.get(&(name.to_owned(), version)) {
+            return Some(s.clone());
+        }
+        self.store
+            .release(name, version)
+            .ok()
+            .flatten()
+            .map(|r| r.spec)
+    }
+
+    /// `berth deploy`: a new release from the file's entry, with the source copied into
+    /// `incoming` (already under data_dir) when given.
+    fn deploy(
+        &mut self,
+        name: &str,
+        incoming: Option<PathBuf>,
+        trigger: &str,
+    ) -> Result<DeployResponse, ControlError> {
+        let Some(svc) = self.services.get(name).filter(|s| !s.removed) else {
+            return Err(not_found(name));
+        };
+        if let Some(d) = &svc.record.deploy {
+            return Err(ControlError::Conflict(format!(
+                "a deploy of {name} is running: v{} ({}), started {}; wait for it to finish",
+                d.to_release,
+                d.trigger,
+                rfc3339(d.started_ms)
+            )));
+        }
+        let mut spec = svc.record.spec.clone();
+        let version = self.next_release_number(name)?;
+        if let Some(incoming) = incoming {
+            let dest = self
+                .config
+                .data_dir
+                .join("releases")
+                .join(name)
+                .join(format!("v{version}"));
+            let _ = std::fs::remove_dir_all(&dest);
+            std::fs::rename(&incoming, &dest).map_err(|e| {
+                ControlError::Internal(format!(
+                    "cannot move the source into {}: {e}",
+                    dest.display()
+                ))
+            })?;
+            spec.dir = dest;
+        }
+        let r = ReleaseRecord {
+            service: name.to_owned(),
+            version,
+            status: "deploying".into(),
+            created_ms: now_ms(),
+            trigger: trigger.to_owned(),
+            reason: None,
+            spec: spec.clone(),
+        };
+        self.store.put_release(&r)?;
+        self.release_specs.insert((name.to_owned(), version), spec);
+        self.start_deploy(name, version, trigger)
+    }
+
+    /// `berth rollback`: a rolling deploy of an earlier release from its stored source.
+    fn rollback(&mut self, name: &str, to: Option<u32>) -> Result<DeployResponse, ControlError> {
+        let Some(svc) = self.services.get(name).filter(|s| !s.removed) else {
+            return Err(not_found(name));
+        };
+        let current = svc.record.release;
+        let releases = self.store.releases(name)?;
+        let target = match to {
+            Some(v) => {
+                let r = releases
+                    .iter()
+                    .find(|r| r.version == v)
+                    .ok_or_else(|| ControlError::NotFound(format!("{name} has no release v{v}")))?;
+                if r.version == current {
+                    return Err(ControlError::BadRequest(format!(
+                        "v{v} is already the live release of {name}"
+                    )));
+                }
+                r.version
+            }
+            None => releases
+                .iter()
+                .filter(|r| {
+                    r.version != current
+                        && matches!(r.status.as_str(), "superseded" | "rolled-back")
+                })
+                .map(|r| r.version)
+                .filter(|v| *v < current)
+                .max()
+                .or_else(|| {
+                    releases
+                        .iter()
+                        .filter(|r| {
+                            r.version != current
+                                && matches!(r.status.as_str(), "superseded" | "rolled-back")
+                        })
+                        .map(|r| r.version)
+                        .max()
+                })
+                .ok_or_else(|| {
+                    ControlError::BadRequest(format!(
+                        "{name} has no earlier release that was live; see `berth releases {name}`"
+                    ))
+                })?,
+        };
+        if let Some(r) = releases.iter().find(|r| r.version == target)
+            && !r.spec.dir.exists()
+        {
+            return Err(ControlError::BadRequest(format!(
+                "the source of {name} v{target} is gone ({} does not exist)",
+                r.spec.dir.display()
+            )));
+        }
+        self.start_deploy(name, target, "rollback")
+    }
+
+    /// Sends a `Wake` after `d`, so time-based decisions (grace, watch) are taken on time.
+    fn wake_after(&self, d: Duration) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            let _ = tx.send(Msg::Wake);
+        });
     }
 
     fn create_instance(&mut self, name: &str) {
@@ -1155,7 +1847,10 @@ impl Controller {
             .map(|s| RouteInput {
                 name: &s.record.name,
                 spec: &s.record.spec,
-                maintenance: s.record.maintenance.then_some(s.maintenance_page.as_str()),
+                // Maintenance by hand, or for the length of a deploy that asks for it.
+                maintenance: (s.record.maintenance
+                    || (s.record.deploy.is_some() && s.record.spec.deploy.maintenance))
+                    .then_some(s.maintenance_page.as_str()),
             });
         let table = routes::build(inputs, &instances);
         self.dataplane.update_routes(table);
@@ -1189,6 +1884,10 @@ impl Controller {
     // ---- observation ----------------------------------------------------------------
 
     fn tick(&mut self) {
+        self.ticks += 1;
+        if !self.ticks.is_multiple_of(STATS_EVERY) {
+            return;
+        }
         let pids: Vec<u32> = self.slots.values().filter_map(|s| s.inst.pid).collect();
         let tx = self.tx.clone();
         tokio::task::spawn_blocking(move || {
@@ -1328,6 +2027,30 @@ impl Controller {
     }
 }
 
+/// berth's PATH and the service's env: what release commands get.
+fn base_env(spec: &ServiceSpec) -> Vec<(String, String)> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    if let Ok(path) = std::env::var("PATH") {
+        env.insert("PATH".into(), path);
+    }
+    for (k, v) in &spec.env {
+        env.insert(k.clone(), v.clone());
+    }
+    env.into_iter().collect()
+}
+
+/// An instance's whole environment: PATH, the service's env, PORT and BERTH_*.
+fn instance_env(inst: &Instance, spec: &ServiceSpec) -> Vec<(String, String)> {
+    let mut env: BTreeMap<String, String> = base_env(spec).into_iter().collect();
+    if let Some(p) = inst.port {
+        env.insert("PORT".into(), p.to_string());
+    }
+    env.insert("BERTH_SERVICE".into(), inst.service.clone());
+    env.insert("BERTH_INSTANCE".into(), inst.id.clone());
+    env.insert("BERTH_RELEASE".into(), format!("v{}", inst.release));
+    env.into_iter().collect()
+}
+
 /// Health as shown: without health checks, a running instance counts as healthy.
 fn health_of(i: &Instance) -> Health {
     match (i.health, i.state) {
@@ -1349,14 +2072,6 @@ fn event_view(e: EventRecord) -> EventView {
 
 fn not_found(service: &str) -> ControlError {
     ControlError::NotFound(format!("no service named {service:?}"))
-}
-
-/// `web-12` → 12.
-fn index_of(id: &str) -> u32 {
-    id.rsplit('-')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 fn port_is_free(port: u16) -> bool {

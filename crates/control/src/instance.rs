@@ -128,6 +128,9 @@ pub struct Instance {
     /// When a backoff ends.
     pub restart_at_ms: Option<u64>,
     pub last_exit: Option<String>,
+    /// Marked for replacement: it stayed unhealthy, or never became healthy in time.
+    #[serde(default)]
+    pub replace: bool,
 }
 
 /// What happened to an instance.
@@ -202,6 +205,7 @@ impl Instance {
             attempt: 0,
             restart_at_ms: None,
             last_exit: None,
+            replace: false,
         }
     }
 

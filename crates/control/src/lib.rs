@@ -8,6 +8,8 @@
 pub mod backoff;
 pub mod clock;
 pub mod controller;
+pub mod deploy;
+pub mod health;
 pub mod instance;
 pub mod ports;
 pub mod routes;

@@ -1,15 +1,15 @@
 //! Building the proxy's routing snapshot from the controller's state, and the seam
 //! through which the controller talks to the data plane.
 //!
-//! **Invariant:** only `running` instances of a web service that is not being removed
-//! appear as backends.
+//! **Invariant:** only `running` instances that are not unhealthy, of a web service that
+//! is not being removed, appear as backends.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
 use proxy::{Backend, HostPattern, RouteTable, ServiceRoute};
 use spec::{DomainPattern, ServiceKind, ServiceSpec};
 
-use crate::instance::{Instance, State};
+use crate::instance::{Health, Instance, State};
 
 /// What the controller needs from the data plane. The berth binary implements it for
 /// the real proxy; tests use a fake.
@@ -43,7 +43,9 @@ pub fn build<'a>(
         }
         let backends = instances
             .iter()
-            .filter(|i| i.service == s.name && i.state == State::Running)
+            .filter(|i| {
+                i.service == s.name && i.state == State::Running && i.health != Health::Unhealthy
+            })
             .filter_map(|i| {
                 i.port.map(|p| Backend {
                     instance: i.id.clone(),

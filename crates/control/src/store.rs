@@ -48,6 +48,9 @@ pub struct ServiceRecord {
     pub rollout: u64,
     /// The number of the next instance id (`NAME-N`).
     pub next_index: u32,
+    /// The deploy in progress, if any.
+    #[serde(default)]
+    pub deploy: Option<crate::deploy::Deploy>,
 }
 
 impl ServiceRecord {

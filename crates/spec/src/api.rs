@@ -145,6 +145,34 @@ pub struct ApplyResponse {
     pub unchanged: Vec<String>,
 }
 
+/// `POST /v1/services/{name}/deploy` and `/rollback`: `{"dir": "/path"}` (optional).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// A directory to copy as the release's source (absolute, on berth's machine).
+    #[serde(default)]
+    pub dir: Option<String>,
+}
+
+/// `POST /v1/services/{name}/rollback`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// `vN`; default: the last release that was live before the current one.
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+/// A deploy (or rollback) has started; follow `/v1/events?after=after_seq` for progress
+/// until a `deploy.succeeded` or `deploy.failed` event of this service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeployResponse {
+    pub service: String,
+    /// The release being rolled out, `vN`.
+    pub release: String,
+    pub after_seq: u64,
+}
+
 /// A plain acknowledgement with a human message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Ack {
