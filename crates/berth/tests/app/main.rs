@@ -1,11 +1,13 @@
 //! `berth-test-app`: the app berth's end-to-end tests run as instances. std only.
 //!
 //! With `PORT` set it serves HTTP/1.1 (keep-alive) on `127.0.0.1:$PORT` (or `$BIND`):
-//! - `GET /` → `service=… instance=… release=… version=…` (version from `APP_VERSION`)
+//! - `GET /` → `service=… instance=… release=… version=…` (version from `APP_VERSION`,
+//!   else from a `VERSION` file in the working directory)
 //! - `GET /env/NAME` → the value of env var NAME (404 if unset)
 //! - `GET /pid` → its pid
 //! - `GET /headers` → the request head as received
-//! - `GET /healthz` → 200, or the status in `HEALTH_STATUS`
+//! - `GET /healthz` → 200, or the status in `HEALTH_STATUS` (env, else a file of that
+//!   name in the working directory)
 //! - `GET /sleep/MS` → answers after MS milliseconds
 //! - `GET /exit/CODE` → exits with CODE
 //! - `POST /echo` → the request body
@@ -13,7 +15,8 @@
 //! Without `PORT` it is a worker printing `tick N` every `TICK_MS` (default 200).
 //! Flags: `--exit N` exits at once with code N; `--exit-after MS` exits with code 1
 //! after MS; `--print TEXT` prints TEXT to stdout at start and `--eprint TEXT` to stderr;
-//! `--no-listen` never opens the port; `--fork-child` starts a `sleep 1000` child in the
+//! `--no-listen` never opens the port; an `EXIT_AT_START` file in the working directory
+//! makes it exit with code 1 at once; `--fork-child` starts a `sleep 1000` child in the
 //! same process group (to test group stops).
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -21,6 +24,10 @@ use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 fn main() {
+    if std::path::Path::new("EXIT_AT_START").exists() {
+        eprintln!("EXIT_AT_START found: exiting");
+        std::process::exit(1);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut no_listen = false;
     let mut i = 0;
@@ -152,6 +159,15 @@ fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_default()
 }
 
+/// An env var, else the trimmed contents of a file of that name in the working directory.
+fn setting(env_name: &str, file: &str) -> String {
+    std::env::var(env_name)
+        .ok()
+        .or_else(|| std::fs::read_to_string(file).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
 fn respond(method: &str, path: &str, head: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
     let path = path.split('?').next().unwrap_or(path);
     if method == "POST" && path == "/echo" {
@@ -163,7 +179,7 @@ fn respond(method: &str, path: &str, head: &str, body: Vec<u8>) -> (u16, Vec<u8>
             env("BERTH_SERVICE"),
             env("BERTH_INSTANCE"),
             env("BERTH_RELEASE"),
-            env("APP_VERSION")
+            setting("APP_VERSION", "VERSION")
         );
         return (200, text.into_bytes());
     }
@@ -174,9 +190,8 @@ fn respond(method: &str, path: &str, head: &str, body: Vec<u8>) -> (u16, Vec<u8>
         return (200, head.as_bytes().to_vec());
     }
     if path == "/healthz" {
-        let status = std::env::var("HEALTH_STATUS")
-            .ok()
-            .and_then(|s| s.parse().ok())
+        let status = setting("HEALTH_STATUS", "HEALTH_STATUS")
+            .parse()
             .unwrap_or(200);
         return (status, b"health\n".to_vec());
     }

@@ -1,0 +1,276 @@
+//! Deploys under continuous load through the proxy: every request must succeed, and
+//! afterwards every response must come from the expected version.
+
+use std::path::{Path, PathBuf};
+
+use spec::api::ReleasesResponse;
+
+use crate::harness::{Berth, stderr};
+use crate::load::{Load, Tally};
+
+/// A source directory for the test app: `VERSION` and optional behaviour files.
+fn source(root: &Path, name: &str, version: &str, extra: &[(&str, &str)]) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("VERSION"), version).unwrap();
+    for (file, text) in extra {
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+    dir
+}
+
+fn service(dir: &Path) -> String {
+    format!(
+        r#"
+[services.web]
+command = ["{{app}}"]
+dir = "{}"
+instances = 2
+domains = ["web.test"]
+
+[services.web.health]
+http = "/healthz"
+interval = "100ms"
+timeout = "1s"
+grace = "3s"
+
+[services.web.deploy]
+surge = 1
+drain = "5s"
+watch = "1s"
+"#,
+        dir.display()
+    )
+}
+
+/// Starts berth with v1 serving, and a load running against it.
+fn running_v1() -> (Berth, Load) {
+    let mut b = Berth::project("");
+    let v1 = source(b.dir.path(), "src-v1", "1", &[]);
+    b.rewrite(&service(&v1));
+    b.up();
+    b.wait_running("web", 2);
+    let load = Load::start(&b.url(), "web.test", 6);
+    load.wait_requests(200);
+    (b, load)
+}
+
+fn assert_clean(tally: &Tally, expect_last: &str) {
+    assert!(
+        tally.failures.is_empty(),
+        "{} of {} requests failed, first: {:?}",
+        tally.failures.len(),
+        tally.ok + tally.failures.len() as u64,
+        &tally.failures[..tally.failures.len().min(5)]
+    );
+    assert!(
+        tally.ok > 300,
+        "too little load to prove anything: {tally:?}"
+    );
+    let _ = expect_last;
+}
+
+/// Every response after the deploy comes from `version`.
+fn assert_serves(b: &Berth, version: &str) {
+    for _ in 0..20 {
+        let (status, body) = crate::harness::http(&b.url(), "GET", "web.test", "/").unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(&format!("version={version}\n")), "{body}");
+    }
+}
+
+fn releases(b: &Berth) -> ReleasesResponse {
+    serde_json::from_str(&b.ok(&["releases", "web", "--json"])).unwrap()
+}
+
+#[test]
+fn a_rolling_deploy_drops_no_request() {
+    let (b, load) = running_v1();
+    let before = b.instances("web");
+    let v2 = source(b.dir.path(), "src-v2", "2", &[]);
+    let out = b.ok(&["deploy", "web", "--dir", v2.to_str().unwrap()]);
+    load.wait_requests(200);
+    let tally = load.stop();
+    assert_clean(&tally, "2");
+    assert!(
+        tally.versions.contains_key("1") && tally.versions.contains_key("2"),
+        "{tally:?}"
+    );
+    assert!(out.contains("v2 is live"), "{out}");
+    assert_serves(&b, "2");
+    let after = b.wait_running("web", 2);
+    assert!(after.iter().all(|i| i.release == "v2"), "{after:?}");
+    assert!(after.iter().all(|i| before.iter().all(|o| o.pid != i.pid)));
+    let r = releases(&b);
+    assert_eq!(r.releases[0].version, "v2");
+    assert_eq!(r.releases[0].status, "live");
+    assert_eq!(r.releases[0].trigger, "deploy --dir");
+    assert_eq!(r.releases[1].status, "superseded");
+    // The release runs from berth's own copy: deleting the original changes nothing.
+    std::fs::remove_dir_all(&v2).unwrap();
+    b.ok(&["restart", "web"]);
+}
+
+#[test]
+fn a_restart_drops_no_request() {
+    let (b, load) = running_v1();
+    let before = b.instances("web");
+    b.ok(&["restart", "web"]);
+    b.wait_for("web", "every instance replaced", |all| {
+        all.len() == 2
+            && all.iter().all(|i| i.state == "running")
+            && all.iter().all(|i| before.iter().all(|o| o.id != i.id))
+    });
+    load.wait_requests(200);
+    let tally = load.stop();
+    assert_clean(&tally, "1");
+    assert_serves(&b, "1");
+}
+
+#[test]
+fn a_release_that_never_gets_healthy_is_rolled_back_without_a_failed_request() {
+    let (b, load) = running_v1();
+    let before = b.instances("web");
+    let bad = source(
+        b.dir.path(),
+        "src-sick",
+        "sick",
+        &[("HEALTH_STATUS", "503")],
+    );
+    let out = b.cli(&["deploy", "web", "--dir", bad.to_str().unwrap()]);
+    load.wait_requests(100);
+    let tally = load.stop();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "deploy of a sick release succeeded"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("GET /healthz got 503"),
+        "says which check and what it got: {err}"
+    );
+    assert!(err.contains("times"), "says how often: {err}");
+    assert_clean(&tally, "1");
+    assert!(
+        !tally.versions.contains_key("sick"),
+        "the sick release got traffic"
+    );
+    assert_serves(&b, "1");
+    let after = b.instances("web");
+    let mut pids: Vec<_> = after.iter().map(|i| i.pid).collect();
+    let mut old: Vec<_> = before.iter().map(|i| i.pid).collect();
+    pids.sort();
+    old.sort();
+    assert_eq!(pids, old, "the old instances kept running");
+    let r = releases(&b);
+    assert_eq!(r.releases[0].status, "failed");
+    assert!(
+        r.releases[0]
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("503")
+    );
+    assert_eq!(r.releases[1].status, "live");
+}
+
+#[test]
+fn a_release_that_exits_at_start_is_rolled_back_without_a_failed_request() {
+    let (b, load) = running_v1();
+    let bad = source(b.dir.path(), "src-crash", "crash", &[("EXIT_AT_START", "")]);
+    let out = b.cli(&["deploy", "web", "--dir", bad.to_str().unwrap()]);
+    load.wait_requests(100);
+    let tally = load.stop();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("exited"), "{}", stderr(&out));
+    assert_clean(&tally, "1");
+    assert_serves(&b, "1");
+    assert_eq!(releases(&b).releases[0].status, "failed");
+}
+
+#[test]
+fn rollback_returns_to_the_previous_release_without_a_failed_request() {
+    let (b, load) = running_v1();
+    let v2 = source(b.dir.path(), "src-v2", "2", &[]);
+    b.ok(&["deploy", "web", "--dir", v2.to_str().unwrap()]);
+    load.wait_requests(100);
+    let out = b.ok(&["rollback", "web"]);
+    assert!(out.contains("v1 is live"), "{out}");
+    load.wait_requests(100);
+    let tally = load.stop();
+    assert_clean(&tally, "1");
+    assert_serves(&b, "1");
+    let r = releases(&b);
+    let status = |v: &str| {
+        r.releases
+            .iter()
+            .find(|x| x.version == v)
+            .unwrap()
+            .status
+            .clone()
+    };
+    assert_eq!(status("v1"), "live");
+    assert_eq!(status("v2"), "rolled-back");
+    // A second rollback goes back to v2 (the last live before v1), `--to` names one.
+    let out = b.cli(&["rollback", "web", "--to", "v9"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no release v9"));
+}
+
+#[test]
+fn an_apply_under_load_drops_no_request() {
+    let (b, load) = running_v1();
+    let text = std::fs::read_to_string(b.config()).unwrap();
+    std::fs::write(
+        b.config(),
+        text.replace("instances = 2", "instances = 3\nenv = { X = \"1\" }"),
+    )
+    .unwrap();
+    let out = b.ok(&["apply"]);
+    assert!(out.contains("changed:   web"), "{out}");
+    b.wait_for("web", "the new release on 3 instances", |all| {
+        all.len() == 3
+            && all
+                .iter()
+                .all(|i| i.state == "running" && i.release == "v2")
+    });
+    load.wait_requests(200);
+    let tally = load.stop();
+    assert_clean(&tally, "1");
+}
+
+#[test]
+fn a_second_deploy_while_one_runs_is_refused_with_409() {
+    let (b, load) = running_v1();
+    let slow = source(
+        b.dir.path(),
+        "src-sick",
+        "sick",
+        &[("HEALTH_STATUS", "503")],
+    );
+    let out = b.ok(&["deploy", "web", "--detach", "--dir", slow.to_str().unwrap()]);
+    assert!(out.contains("deploying web v2"), "{out}");
+    let second = b.cli(&["deploy", "web"]);
+    assert_eq!(second.status.code(), Some(1));
+    let err = stderr(&second);
+    assert!(err.contains("a deploy of web is running: v2"), "{err}");
+    let _ = load.stop();
+}
+
+#[test]
+fn maintenance_mode_answers_503_and_survives_a_restart_of_berth() {
+    let (mut b, load) = running_v1();
+    let _ = load.stop();
+    b.ok(&["maintenance", "web", "on"]);
+    let (status, body) = crate::harness::http(&b.url(), "GET", "web.test", "/").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.to_lowercase().contains("maintenance"), "{body}");
+    assert!(b.signal_and_wait("TERM").success());
+    b.up();
+    b.wait_running("web", 2);
+    let (status, _) = crate::harness::http(&b.url(), "GET", "web.test", "/").unwrap();
+    assert_eq!(status, 503);
+    b.ok(&["maintenance", "web", "off"]);
+    assert_serves(&b, "1");
+}
