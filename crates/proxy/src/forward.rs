@@ -47,6 +47,8 @@ pub(crate) struct ConnCtx {
     pub(crate) shared: Arc<Shared>,
     /// Socket peer, IPv4-mapped addresses normalised.
     pub(crate) peer: IpAddr,
+    /// `peer` formatted once per connection for `X-Forwarded-For` / `X-Real-IP`.
+    pub(crate) peer_value: HeaderValue,
     pub(crate) https: bool,
     /// Requests seen, for the HTTP/2 idle watchdog.
     pub(crate) requests: AtomicU64,
@@ -79,7 +81,7 @@ pub(crate) async fn handle(
 #[allow(clippy::large_enum_variant)] // short-lived, on the stack
 enum Decision {
     Respond(Response<RespBody>),
-    Forward(Box<Plan>, LogCtx),
+    Forward(Plan, LogCtx),
 }
 
 fn decide(ctx: &ConnCtx, req: &Request<Incoming>, start: Instant) -> Decision {
@@ -187,13 +189,13 @@ fn decide(ctx: &ConnCtx, req: &Request<Incoming>, start: Instant) -> Decision {
     let peer_trusted = !cfg.trusted_proxies.is_empty()
         && cfg.trusted_proxies.iter().any(|n| n.contains(&ctx.peer));
     Decision::Forward(
-        Box::new(Plan {
+        Plan {
             service: service.clone(),
             client,
             peer_trusted,
             connect_timeout: cfg.connect_timeout,
             response_timeout: cfg.response_timeout,
-        }),
+        },
         log,
     )
 }
@@ -290,7 +292,7 @@ fn clone_head(req: &Request<ReqBody>) -> Request<ReqBody> {
 async fn forward(
     ctx: &Arc<ConnCtx>,
     mut req: Request<Incoming>,
-    plan: Box<Plan>,
+    plan: Plan,
     log: LogCtx,
     start: Instant,
 ) -> Response<RespBody> {
@@ -317,8 +319,10 @@ async fn forward(
     if from_h2 {
         join_cookies(&mut parts.headers);
     }
+    parts.headers.reserve(6);
     Forwarded {
         peer: ctx.peer,
+        peer_value: &ctx.peer_value,
         peer_trusted: plan.peer_trusted,
         client: plan.client,
         https: ctx.https,

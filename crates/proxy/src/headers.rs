@@ -117,6 +117,8 @@ pub(crate) fn ip_value(ip: IpAddr) -> HeaderValue {
 /// Sets the forwarding headers on a request about to go upstream.
 pub(crate) struct Forwarded<'a> {
     pub(crate) peer: IpAddr,
+    /// `peer` as a header value.
+    pub(crate) peer_value: &'a HeaderValue,
     pub(crate) peer_trusted: bool,
     pub(crate) client: IpAddr,
     pub(crate) https: bool,
@@ -126,7 +128,7 @@ pub(crate) struct Forwarded<'a> {
 
 impl Forwarded<'_> {
     pub(crate) fn apply(&self, headers: &mut HeaderMap) {
-        let peer = ip_value(self.peer);
+        let peer = self.peer_value;
         match headers.entry(&X_FORWARDED_FOR) {
             header::Entry::Occupied(mut e) => {
                 // Joining keeps one header line, as most applications read only one.
@@ -148,7 +150,7 @@ impl Forwarded<'_> {
             }
         }
         let real = if self.client == self.peer {
-            peer
+            peer.clone()
         } else {
             ip_value(self.client)
         };
@@ -238,6 +240,7 @@ pub fn fuzz_request_head(data: &[u8]) {
     strip_hop_by_hop(&mut headers, upgrade);
     Forwarded {
         peer,
+        peer_value: &ip_value(peer),
         peer_trusted: true,
         client,
         https: false,
@@ -323,6 +326,7 @@ mod tests {
         let host = HeaderValue::from_static("a.test:8080");
         Forwarded {
             peer: "127.0.0.1".parse().expect("ip"),
+            peer_value: &HeaderValue::from_static("127.0.0.1"),
             peer_trusted: false,
             client: "127.0.0.1".parse().expect("ip"),
             https: false,

@@ -246,6 +246,7 @@ async fn serve_http<I>(
     let ctx = Arc::new(ConnCtx {
         shared: shared.clone(),
         peer: peer.ip().to_canonical(),
+        peer_value: crate::headers::ip_value(peer.ip().to_canonical()),
         https,
         requests: AtomicU64::new(0),
     });
