@@ -274,3 +274,79 @@ fn maintenance_mode_answers_503_and_survives_a_restart_of_berth() {
     b.ok(&["maintenance", "web", "off"]);
     assert_serves(&b, "1");
 }
+
+/// App processes whose working directory is inside the test's temp dir.
+fn app_processes(b: &Berth) -> Vec<u32> {
+    let root = b.dir.path().canonicalize().unwrap();
+    testkit::processes()
+        .into_iter()
+        .filter(|(pid, _)| {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+            exe.ends_with("berth-test-app") && cwd.starts_with(&root)
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+#[test]
+fn berth_killed_in_the_middle_of_a_deploy_finishes_it_on_the_next_up() {
+    let (mut b, load) = running_v1();
+    let _ = load.stop();
+    // Slow to get healthy, so the deploy is surely in flight when berth dies.
+    let v2 = source(b.dir.path(), "src-v2", "2", &[]);
+    let text = std::fs::read_to_string(b.config()).unwrap();
+    std::fs::write(b.config(), text.replace("watch = \"1s\"", "watch = \"2s\"")).unwrap();
+    b.ok(&["apply"]);
+    testkit::eventually(testkit::DEADLINE, "the apply's rollout to finish", || {
+        let r = releases(&b);
+        if r.releases[0].version == "v2" && r.releases[0].status == "live" {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
+    });
+    b.ok(&["deploy", "web", "--detach", "--dir", v2.to_str().unwrap()]);
+    b.wait_for(
+        "web",
+        "a new instance of v3 running beside the old",
+        |all| {
+            all.iter()
+                .any(|i| i.release == "v3" && i.state == "running")
+                && all
+                    .iter()
+                    .any(|i| i.release == "v2" && i.state == "running")
+        },
+    );
+    b.kill9();
+    b.up();
+    let after = b.wait_for("web", "the deploy finished after the restart", |all| {
+        all.len() == 2
+            && all
+                .iter()
+                .all(|i| i.state == "running" && i.release == "v3")
+    });
+    let r = releases(&b);
+    testkit::eventually(testkit::DEADLINE, "v3 live", || {
+        let r = releases(&b);
+        if r.releases[0].status == "live" {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
+    });
+    assert_eq!(r.releases[0].version, "v3");
+    assert_serves(&b, "2");
+    // Exactly the two instances berth knows, nothing orphaned or doubled.
+    testkit::eventually(testkit::DEADLINE, "no orphan app process", || {
+        let mut pids = app_processes(&b);
+        pids.sort();
+        let mut known: Vec<u32> = after.iter().filter_map(|i| i.pid).collect();
+        known.sort();
+        if pids == known {
+            Ok(())
+        } else {
+            Err(format!("running {pids:?}, known {known:?}"))
+        }
+    });
+}
