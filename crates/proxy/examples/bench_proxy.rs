@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo run --release -p proxy --example bench_proxy -- upstream 127.0.0.1:18081
-//! cargo run --release -p proxy --example bench_proxy -- proxy 127.0.0.1:18080 127.0.0.1:18081 [access.log]
+//! cargo run --release -p proxy --example bench_proxy -- proxy 127.0.0.1:18080 127.0.0.1:18081 [ACCESS_LOG|""] [HTTPS_ADDR]
 //! wrk -c 50 -d 10s -H 'Host: bench.test' http://127.0.0.1:18080/
 //! ```
 
@@ -25,11 +25,25 @@ async fn main() {
     match args.first().map(String::as_str) {
         Some("upstream") => upstream(addr(1)).await,
         Some("proxy") => {
-            let config = ProxyConfig {
+            let mut config = ProxyConfig {
                 http: Some(addr(1)),
-                access_log: args.get(3).map(Into::into),
+                access_log: args.get(3).filter(|a| !a.is_empty()).map(Into::into),
                 ..ProxyConfig::default()
             };
+            if let Some(tls) = args.get(4).and_then(|a| a.parse().ok()) {
+                // Self-signed certificate for `bench.test`, written next to the binary's temp dir.
+                let key = rcgen::KeyPair::generate().expect("key");
+                let cert = rcgen::CertificateParams::new(vec!["bench.test".to_owned()])
+                    .expect("params")
+                    .self_signed(&key)
+                    .expect("cert");
+                let dir = std::env::temp_dir();
+                let (c, k) = (dir.join("bench_proxy.pem"), dir.join("bench_proxy.key"));
+                std::fs::write(&c, cert.pem()).expect("write cert");
+                std::fs::write(&k, key.serialize_pem()).expect("write key");
+                config.https = Some(tls);
+                config.certificates = vec![(c, k)];
+            }
             let routes = RouteTable {
                 services: vec![ServiceRoute {
                     name: "bench".into(),
