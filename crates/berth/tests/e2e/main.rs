@@ -5,6 +5,7 @@
 mod api;
 mod config;
 mod deploy;
+mod edge;
 mod harness;
 mod load;
 mod supervise;
