@@ -39,3 +39,75 @@ pub struct ShimStatus {
     /// `None` while the app runs.
     pub exit: Option<ExitStatus>,
 }
+
+/// A request from berth to a shim (one JSON object per line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub(crate) enum Request {
+    /// Reply: [`Response::Status`].
+    Status,
+    /// `killpg(pid, signal)`. Reply: [`Response::Ok`] or [`Response::Error`].
+    Signal { signal: i32 },
+    /// `signal` to the group, SIGKILL to the group after `timeout_ms`; carried out even if
+    /// the client goes away. Reply (once the app and, after a stop, its group are gone):
+    /// [`Response::Exited`].
+    Stop { signal: i32, timeout_ms: u64 },
+    /// Reply (once the app has exited, at once if it already has): [`Response::Exited`].
+    WaitExit,
+    /// Only after the app exited: the shim replies [`Response::Ok`], removes its socket and
+    /// exits. While the app runs: [`Response::Error`].
+    Release,
+}
+
+/// A shim's reply to one [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub(crate) enum Response {
+    Status { status: ShimStatus },
+    Ok,
+    Exited { exit: ExitStatus },
+    Error { message: String },
+}
+
+/// What the shim tells `launch()` on its stdout, once, before it detaches for good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub(crate) enum LaunchReport {
+    Started {
+        shim_pid: u32,
+        pid: u32,
+        started_at_ms: u64,
+    },
+    /// The app could not be exec'd (unknown program, bad directory, permissions, user).
+    ExecFailed { program: String, reason: String },
+    /// The shim itself could not set up (socket, log file, bad spec).
+    Failed { reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_shapes_are_stable() {
+        let req = serde_json::to_string(&Request::Stop {
+            signal: 15,
+            timeout_ms: 500,
+        })
+        .expect("serialize");
+        assert_eq!(req, r#"{"op":"stop","signal":15,"timeout_ms":500}"#);
+        let resp = serde_json::to_string(&Response::Exited {
+            exit: ExitStatus {
+                code: None,
+                signal: Some(9),
+            },
+        })
+        .expect("serialize");
+        assert_eq!(
+            resp,
+            r#"{"reply":"exited","exit":{"code":null,"signal":9}}"#
+        );
+        let back: Request = serde_json::from_str(r#"{"op":"wait_exit"}"#).expect("parse");
+        assert_eq!(back, Request::WaitExit);
+    }
+}
