@@ -674,14 +674,60 @@ fn futures_stream(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// Prometheus metrics of the proxy (and berth).
+/// Prometheus metrics: the proxy's, and every instance's state, restarts, CPU and memory
+/// (documented in docs/metrics.md).
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
 async fn metrics(State(s): State<ApiState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.proxy.metrics_text(),
-    )
-        .into_response()
+    let mut text = s.proxy.metrics_text();
+    if let Ok(ps) = s.handle.ask(Request::Ps).await {
+        text.push_str(&instance_metrics(&ps));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+fn instance_metrics(ps: &PsResponse) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let families: [(&str, &str, &str, fn(&InstanceView) -> f64); 4] = [
+        (
+            "berth_instance_up",
+            "gauge",
+            "1 while the instance is running (receives traffic if healthy).",
+            |i| f64::from(u8::from(i.state == "running")),
+        ),
+        (
+            "berth_instance_restarts_total",
+            "counter",
+            "Restarts of the instance by its restart policy.",
+            |i| f64::from(i.restarts),
+        ),
+        (
+            "berth_instance_cpu_percent",
+            "gauge",
+            "CPU use of the instance's process tree, in percent of one core.",
+            |i| i.cpu_percent,
+        ),
+        (
+            "berth_instance_memory_bytes",
+            "gauge",
+            "Resident memory of the instance's process tree.",
+            |i| i.memory_bytes as f64,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for i in &ps.instances {
+            let _ = writeln!(
+                out,
+                "{name}{{service=\"{}\",instance=\"{}\",release=\"{}\"}} {}",
+                i.service,
+                i.id,
+                i.release,
+                value(i)
+            );
+        }
+    }
+    out
 }
 
 // ---- routers and listeners ------------------------------------------------------------

@@ -602,7 +602,14 @@ fn print_ps(out: &mut impl Write, ps: &PsResponse) -> Result<()> {
             human_bytes(i.memory_bytes),
             i.restarts.to_string(),
             human_duration(i.uptime_s),
-            i.last_exit.clone().unwrap_or_default(),
+            // Why it is not serving: a failing check while it should, else its last exit.
+            match (i.health.as_str(), &i.health_reason) {
+                ("unhealthy", Some(r)) => r.clone(),
+                _ if i.state == "starting" && i.health_reason.is_some() => {
+                    i.health_reason.clone().unwrap_or_default()
+                }
+                _ => i.last_exit.clone().unwrap_or_default(),
+            },
         ]);
     }
     write_table(out, &rows)

@@ -6,8 +6,9 @@
 //! - `GET /env/NAME` → the value of env var NAME (404 if unset)
 //! - `GET /pid` → its pid
 //! - `GET /headers` → the request head as received
-//! - `GET /healthz` → 200, or the status in `HEALTH_STATUS` (env, else a file of that
-//!   name in the working directory)
+//! - `GET /healthz` → 200, or the status in a `HEALTH_STATUS.<instance id>` file, in
+//!   `HEALTH_STATUS` (env), or in a `HEALTH_STATUS` file (working directory), read on
+//!   every request
 //! - `GET /sleep/MS` → answers after MS milliseconds
 //! - `GET /exit/CODE` → exits with CODE
 //! - `POST /echo` → the request body
@@ -190,7 +191,11 @@ fn respond(method: &str, path: &str, head: &str, body: Vec<u8>) -> (u16, Vec<u8>
         return (200, head.as_bytes().to_vec());
     }
     if path == "/healthz" {
-        let status = setting("HEALTH_STATUS", "HEALTH_STATUS")
+        // A per-instance file makes one instance sick while its siblings stay well.
+        let own = format!("HEALTH_STATUS.{}", env("BERTH_INSTANCE"));
+        let status = std::fs::read_to_string(own)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| setting("HEALTH_STATUS", "HEALTH_STATUS"))
             .parse()
             .unwrap_or(200);
         return (status, b"health\n".to_vec());

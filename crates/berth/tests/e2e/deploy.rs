@@ -350,3 +350,84 @@ fn berth_killed_in_the_middle_of_a_deploy_finishes_it_on_the_next_up() {
         }
     });
 }
+
+#[test]
+fn a_sick_instance_leaves_rotation_at_once_and_is_replaced_without_a_failed_request() {
+    let (b, load) = running_v1();
+    let before = b.instances("web");
+    let sick = before.iter().find(|i| i.id == "web-1").unwrap();
+    let src = b.dir.path().join("src-v1");
+    std::fs::write(src.join("HEALTH_STATUS.web-1"), "500").unwrap();
+    let seen = b.wait_for("web", "web-1 marked unhealthy", |all| {
+        all.iter()
+            .any(|i| i.id == "web-1" && i.health == "unhealthy")
+    });
+    let reason = seen
+        .iter()
+        .find(|i| i.id == "web-1")
+        .unwrap()
+        .health_reason
+        .clone()
+        .unwrap();
+    assert!(reason.contains("GET /healthz got 500"), "{reason}");
+    let table = b.ok(&["ps"]);
+    assert!(
+        table.contains("GET /healthz got 500"),
+        "ps shows why: {table}"
+    );
+    let after = b.wait_for("web", "web-1 replaced by a healthy instance", |all| {
+        all.len() == 2
+            && all
+                .iter()
+                .all(|i| i.state == "running" && i.health == "healthy")
+            && all.iter().all(|i| i.id != "web-1")
+    });
+    load.wait_requests(100);
+    let tally = load.stop();
+    assert_clean(&tally, "1");
+    assert!(after.iter().any(|i| i.pid != sick.pid));
+    let events = b.ok(&["events", "-n", "200"]);
+    assert!(events.contains("out of rotation"), "{events}");
+    assert!(events.contains("replacing"), "{events}");
+}
+
+#[test]
+fn old_release_sources_are_pruned_but_never_the_live_or_previous_one() {
+    let (b, load) = running_v1();
+    let _ = load.stop();
+    let text = std::fs::read_to_string(b.config()).unwrap();
+    std::fs::write(
+        b.config(),
+        text.replace("watch = \"1s\"", "watch = \"0s\"\nkeep_releases = 1"),
+    )
+    .unwrap();
+    b.ok(&["apply"]); // v2, from the file's dir (no copied source)
+    let releases_dir = b.data_dir().join("releases/web");
+    for (n, version) in [(3, "a"), (4, "b"), (5, "c")] {
+        let dir = source(b.dir.path(), &format!("src-{version}"), version, &[]);
+        testkit::eventually(testkit::DEADLINE, "the previous deploy to end", || {
+            let out = b.cli(&["deploy", "web", "--dir", dir.to_str().unwrap()]);
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(stderr(&out))
+            }
+        });
+        assert!(
+            releases_dir.join(format!("v{n}")).is_dir(),
+            "v{n} source kept while live"
+        );
+    }
+    assert!(
+        releases_dir.join("v4").is_dir(),
+        "the previous live release's source was deleted"
+    );
+    assert!(
+        !releases_dir.join("v3").exists(),
+        "v3's source was kept beyond keep_releases"
+    );
+    assert_serves(&b, "c");
+    // Rolling back to v4 works from its stored source.
+    b.ok(&["rollback", "web"]);
+    assert_serves(&b, "b");
+}

@@ -153,6 +153,10 @@ fn metrics_count_requests_per_service() {
         text.contains("berth_proxy_requests_total{service=\"site\",code=\"2xx\"} 3"),
         "{text}"
     );
+    assert!(
+        text.contains("berth_instance_up{service=\"site\",instance=\"site-1\",release=\"v1\"} 1"),
+        "{text}"
+    );
 }
 
 // ---- TLS -------------------------------------------------------------------------------
