@@ -160,8 +160,12 @@ fn signaled(s: Signal) -> ExitStatus {
 
 #[tokio::test]
 async fn runs_with_its_env_and_dir_and_logs_both_streams() {
+    // An ignored signal in berth must not reach the app (SIGUSR2 is unused by the tests).
+    // SAFETY: SIG_IGN installs no handler.
+    unsafe { nix::sys::signal::signal(Signal::SIGUSR2, nix::sys::signal::SigHandler::SigIgn) }
+        .expect("ignore USR2");
     let inst = Instance::start_with(
-        r#"echo "$GREETING from $(pwd)"; echo "home=${HOME-unset}"; echo oops >&2; printf 'no newline'"#,
+        r#"echo "$GREETING from $(pwd)"; echo "home=${HOME-unset}"; grep -E '^Sig(Blk|Ign)' /proc/self/status; echo oops >&2; printf 'no newline'"#,
         |spec| spec.env.push(("GREETING".into(), "hello world".into())),
     );
     assert_ne!(inst.launched.pid, inst.launched.shim_pid);

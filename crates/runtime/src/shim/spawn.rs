@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ChildStderr, ChildStdout, Command, Stdio};
 
 use nix::errno::Errno;
-use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
+use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, signal, sigprocmask};
 use nix::unistd::{Gid, Uid, User};
 
 use crate::launch::LaunchSpec;
@@ -78,14 +78,22 @@ pub(super) fn start(spec: &LaunchSpec) -> Result<App, LaunchReport> {
         .stderr(Stdio::piped())
         .process_group(0);
     // SAFETY: the closure runs in the forked child before exec. The shim is
-    // single-threaded, and the closure only makes raw syscalls (sigprocmask, setgroups,
-    // setgid, setuid) on data allocated before the fork; it allocates nothing itself.
+    // single-threaded, and the closure only makes raw syscalls (sigaction, sigprocmask,
+    // setgroups, setgid, setuid) on data allocated before the fork; it allocates nothing
+    // itself. Setting SIG_DFL installs no handler.
     unsafe {
         cmd.pre_exec(move || {
             // The shim blocks SIGCHLD for its signalfd, and std does not reset the mask on
             // every spawn path; an app started with SIGCHLD blocked hangs in `wait`
             // (dash does).
             sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+            // Ignored signals survive exec: a berth started under `nohup` (or anything
+            // that ignores TERM) must not pass that on to its apps.
+            for sig in Signal::iterator() {
+                if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
+                    let _ = signal(sig, SigHandler::SigDfl);
+                }
+            }
             if let Some(id) = &identity {
                 nix::unistd::setgroups(&id.groups)?;
                 nix::unistd::setgid(id.gid)?;
