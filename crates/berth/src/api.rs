@@ -685,10 +685,13 @@ async fn metrics(State(s): State<ApiState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
+/// name, type, help, value: one instance metric family.
+type Family = (&'static str, &'static str, &'static str, fn(&InstanceView) -> f64);
+
 fn instance_metrics(ps: &PsResponse) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let families: [(&str, &str, &str, fn(&InstanceView) -> f64); 4] = [
+    let families: [Family; 4] = [
         (
             "berth_instance_up",
             "gauge",
