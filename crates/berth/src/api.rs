@@ -686,7 +686,12 @@ async fn metrics(State(s): State<ApiState>) -> Response {
 }
 
 /// name, type, help, value: one instance metric family.
-type Family = (&'static str, &'static str, &'static str, fn(&InstanceView) -> f64);
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&InstanceView) -> f64,
+);
 
 fn instance_metrics(ps: &PsResponse) -> String {
     use std::fmt::Write as _;

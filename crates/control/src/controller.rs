@@ -161,6 +161,12 @@ enum Msg {
     },
     /// Re-plan now (a grace or watch time is up).
     Wake,
+    /// Something worth an event that a task found.
+    Warning {
+        service: String,
+        instance: String,
+        message: String,
+    },
     Tick,
 }
 
@@ -332,6 +338,14 @@ impl Controller {
                     result,
                 } => self.release_command_done(&service, rollout, result),
                 Msg::Wake => {}
+                Msg::Warning {
+                    service,
+                    instance,
+                    message,
+                } => {
+                    warn!(service = %service, instance = %instance, "{message}");
+                    self.record_event(Some(service), Some(&instance), "instance.warning", &message);
+                }
                 Msg::Tick => self.tick(),
             }
             self.after_message();
@@ -791,6 +805,9 @@ impl Controller {
         if let Err(e) = self.store.put_instance(&inst) {
             warn!(instance = %id, error = %e, "cannot record instance");
         }
+        if before != State::Running && inst.state == State::Running {
+            self.warn_if_wildcard(&inst);
+        }
         for a in actions {
             self.run_action(id, a);
         }
@@ -880,6 +897,26 @@ impl Controller {
         if ready {
             self.instance_input(id, incarnation, Input::Ready);
         }
+    }
+
+    /// An instance listening on 0.0.0.0 or :: bypasses the proxy's allow rules: say so.
+    fn warn_if_wildcard(&self, inst: &Instance) {
+        let Some(port) = inst.port else {
+            return;
+        };
+        let (service, id) = (inst.service.clone(), inst.id.clone());
+        let store_events = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(addr) = crate::listen::wildcard_listener(port) {
+                let _ = store_events.send(Msg::Warning {
+                    service,
+                    instance: id,
+                    message: format!(
+                        "listens on {addr}:{port}, reachable without the proxy (its allow/deny rules do not apply); bind 127.0.0.1:$PORT instead"
+                    ),
+                });
+            }
+        });
     }
 
     fn policy(&self, id: &str) -> Option<Policy> {

@@ -11,6 +11,7 @@ pub mod controller;
 pub mod deploy;
 pub mod health;
 pub mod instance;
+pub mod listen;
 pub mod ports;
 pub mod routes;
 pub mod store;

@@ -388,3 +388,24 @@ fn a_second_berth_on_the_same_data_dir_is_refused() {
     );
     assert_eq!(b.instances("web").len(), 2, "nothing else started");
 }
+
+#[test]
+fn an_instance_listening_on_a_wildcard_address_is_warned_about() {
+    let b = Berth::start(
+        r#"
+[services.open]
+command = ["{app}"]
+domains = ["open.test"]
+env = { BIND = "0.0.0.0" }
+"#,
+    );
+    b.wait_running("open", 1);
+    eventually(DEADLINE, "a warning event", || {
+        let events = b.ok(&["events", "-n", "50"]);
+        if events.contains("instance.warning") && events.contains("listens on 0.0.0.0:") {
+            Ok(())
+        } else {
+            Err(events)
+        }
+    });
+}
