@@ -29,7 +29,7 @@ pub struct LaunchSpec {
     pub instance_id: String,
     /// The unix socket the shim listens on (berth puts it under `data_dir/run/`).
     pub socket: PathBuf,
-    /// argv[0] is looked up in the env's PATH when it has no `/`.
+    /// `argv[0]` is looked up in the env's PATH when it has no `/`.
     pub argv: Vec<String>,
     pub dir: PathBuf,
     /// The app's whole environment (nothing else is inherited).

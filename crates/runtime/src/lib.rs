@@ -8,6 +8,15 @@
 //! berth over a unix socket. If berth dies, shims and apps keep running; the next berth
 //! re-adopts them with [`ShimClient::connect`].
 //!
+//! Codemap: [`launch()`] starts a shim and waits for its report; [`shim`] is the shim
+//! itself (setup, app spawn, output capture, poll loop); [`proto`] is the one place that
+//! knows the wire format (socket requests and the launch report); [`client`] is berth's
+//! async side of the socket; [`logs`] reads log files back (tail, follow); [`stats`]
+//! samples CPU and RSS of process trees from /proc.
+//!
+//! **Invariant:** an app is only ever signalled on request (`signal`, `stop`); neither
+//! the shim nor this crate kills anything on its own, and a shim outlives berth.
+//!
 //! This is the only crate allowed `unsafe` (fork/exec plumbing); every block says why it
 //! is sound.
 

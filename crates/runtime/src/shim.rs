@@ -7,9 +7,9 @@
 //! 2. It forks: the process berth spawned exits at once (berth reaps it); the grandchild
 //!    calls `setsid()`, so berth's terminal and berth's death do not reach it.
 //! 3. It becomes a child subreaper, binds its unix socket (mode 0600), opens the log file
-//!    and starts the app ([`spawn`]) in its own process group.
-//! 4. It reports a [`LaunchReport`] on stdout, points stdin/stdout/stderr at /dev/null,
-//!    moves to `/` and runs the poll loop ([`server`]) until a client releases it after
+//!    and starts the app (`spawn`) in its own process group.
+//! 4. It reports a `LaunchReport` on stdout, points stdin/stdout/stderr at /dev/null,
+//!    moves to `/` and runs the poll loop (`server`) until a client releases it after
 //!    the app exited.
 //!
 //! **Invariant:** the shim never kills the app on its own: only a `signal` or `stop`
