@@ -431,3 +431,99 @@ fn old_release_sources_are_pruned_but_never_the_live_or_previous_one() {
     b.ok(&["rollback", "web"]);
     assert_serves(&b, "b");
 }
+
+#[test]
+fn the_release_command_runs_once_before_traffic_shifts_with_maintenance_if_asked() {
+    let (b, load) = running_v1();
+    let _ = load.stop();
+    let gate = b.dir.path().join("go");
+    let marker = b.dir.path().join("migrated");
+    let text = std::fs::read_to_string(b.config()).unwrap();
+    std::fs::write(
+        b.config(),
+        text.replace(
+            "watch = \"1s\"",
+            &format!(
+                "watch = \"0s\"\nmaintenance = true\nrelease_command = \"echo $BERTH_SERVICE >> {}; while [ ! -f {} ]; do sleep 0.05; done\"",
+                marker.display(),
+                gate.display()
+            ),
+        ),
+    )
+    .unwrap();
+    b.ok(&["apply"]);
+    // While the release command runs: maintenance page, old instances untouched.
+    testkit::eventually(
+        testkit::DEADLINE,
+        "the maintenance page during the release command",
+        || {
+            let (status, body) = crate::harness::http(&b.url(), "GET", "web.test", "/").unwrap();
+            if status == 503 {
+                Ok(())
+            } else {
+                Err(format!("{status} {body}"))
+            }
+        },
+    );
+    assert!(
+        b.instances("web").iter().all(|i| i.release == "v1"),
+        "new instances before the release command ended"
+    );
+    std::fs::write(&gate, "").unwrap();
+    b.wait_for("web", "the new release running", |all| {
+        all.len() == 2
+            && all
+                .iter()
+                .all(|i| i.state == "running" && i.release == "v2")
+    });
+    testkit::eventually(testkit::DEADLINE, "maintenance over", || {
+        let (status, body) = crate::harness::http(&b.url(), "GET", "web.test", "/").unwrap();
+        if status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{status} {body}"))
+        }
+    });
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        "web\n",
+        "ran exactly once"
+    );
+}
+
+#[test]
+fn a_failing_release_command_fails_the_deploy_and_starts_nothing() {
+    let (b, load) = running_v1();
+    let before = b.instances("web");
+    let text = std::fs::read_to_string(b.config()).unwrap();
+    std::fs::write(
+        b.config(),
+        text.replace(
+            "watch = \"1s\"",
+            "release_command = \"echo migration broke >&2; exit 4\"",
+        ),
+    )
+    .unwrap();
+    b.ok(&["apply"]);
+    testkit::eventually(testkit::DEADLINE, "the release to fail", || {
+        let r = releases(&b);
+        if r.releases[0].status == "failed" {
+            Ok(r)
+        } else {
+            Err(format!("{r:?}"))
+        }
+    });
+    let r = releases(&b);
+    let reason = r.releases[0].reason.clone().unwrap();
+    assert!(
+        reason.contains("exit code 4") && reason.contains("migration broke"),
+        "{reason}"
+    );
+    let tally = load.stop();
+    assert_clean(&tally, "1");
+    let after = b.instances("web");
+    assert_eq!(
+        after.iter().map(|i| i.pid).collect::<Vec<_>>(),
+        before.iter().map(|i| i.pid).collect::<Vec<_>>()
+    );
+}
