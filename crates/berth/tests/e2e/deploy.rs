@@ -519,6 +519,7 @@ fn a_failing_release_command_fails_the_deploy_and_starts_nothing() {
         reason.contains("exit code 4") && reason.contains("migration broke"),
         "{reason}"
     );
+    load.wait_requests(200);
     let tally = load.stop();
     assert_clean(&tally, "1");
     let after = b.instances("web");
