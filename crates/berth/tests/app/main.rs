@@ -4,7 +4,7 @@
 //! - `GET /` → `service=… instance=… release=… version=…` (version from `APP_VERSION`,
 //!   else from a `VERSION` file in the working directory)
 //! - `GET /env/NAME` → the value of env var NAME (404 if unset)
-//! - `GET /pid` → its pid
+//! - `GET /pid` → its pid; `GET /uid` → its real uid
 //! - `GET /headers` → the request head as received
 //! - `GET /healthz` → 200, or the status in a `HEALTH_STATUS.<instance id>` file, in
 //!   `HEALTH_STATUS` (env), or in a `HEALTH_STATUS` file (working directory), read on
@@ -183,6 +183,15 @@ fn respond(method: &str, path: &str, head: &str, body: Vec<u8>) -> (u16, Vec<u8>
             setting("APP_VERSION", "VERSION")
         );
         return (200, text.into_bytes());
+    }
+    if path == "/uid" {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or("?");
+        return (200, uid.as_bytes().to_vec());
     }
     if path == "/pid" {
         return (200, std::process::id().to_string().into_bytes());

@@ -409,3 +409,38 @@ env = { BIND = "0.0.0.0" }
         }
     });
 }
+
+#[test]
+fn instances_run_as_the_configured_user() {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    let b = Berth::start(
+        r#"
+[services.low]
+command = ["{app}"]
+dir = "/"
+user = "nobody"
+domains = ["low.test"]
+"#,
+    );
+    if root {
+        let i = b.wait_running("low", 1).remove(0);
+        let uid = get_port(i.port.unwrap(), "/uid").unwrap();
+        let nobody = std::process::Command::new("id")
+            .args(["-u", "nobody"])
+            .output()
+            .unwrap();
+        assert_eq!(uid, String::from_utf8_lossy(&nobody.stdout).trim());
+    } else {
+        // Not root: berth cannot switch users and says so.
+        let i = b.wait_for("low", "the start to fail", |all| {
+            all.iter().any(|i| i.last_exit.is_some())
+        });
+        assert!(
+            i[0].last_exit.as_deref().unwrap().contains("nobody"),
+            "{i:?}"
+        );
+    }
+}
