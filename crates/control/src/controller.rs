@@ -385,6 +385,15 @@ impl Controller {
             match status {
                 Some(st) if st.exit.is_none() => {
                     info!(instance = %id, pid = st.pid, "re-adopted");
+                    // The record may predate the launch's report (berth died between the
+                    // two): the shim is the truth.
+                    if let Some(slot) = self.slots.get_mut(&id) {
+                        slot.inst.pid = Some(st.pid);
+                        slot.inst.shim_pid = Some(st.shim_pid);
+                        slot.inst.started_at_ms = Some(st.started_at_ms);
+                        let inst = slot.inst.clone();
+                        self.store.put_instance(&inst)?;
+                    }
                     self.record_event(
                         self.slots.get(&id).map(|s| s.inst.service.clone()),
                         Some(&id),
@@ -408,7 +417,43 @@ impl Controller {
                 None => self.instance_input(&id, incarnation, Input::Lost),
             }
         }
+        self.stop_orphans().await;
         Ok(())
+    }
+
+    /// Stops instances whose shim no record knows: berth died while launching them, after
+    /// the shim started but before the launch was recorded. No instance runs unmanaged.
+    async fn stop_orphans(&mut self) {
+        let known: HashSet<PathBuf> = self
+            .slots
+            .values()
+            .map(|s| self.socket_path(&s.inst.id, s.inst.incarnation))
+            .collect();
+        let Ok(entries) = std::fs::read_dir(self.config.data_dir.join("run")) else {
+            return;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            if known.contains(&path) || path.extension().is_none_or(|e| e != "sock") {
+                continue;
+            }
+            match runtime::ShimClient::connect(&path).await {
+                Ok(mut c) => {
+                    let pid = c.status().await.map(|s| s.pid).unwrap_or(0);
+                    let _ = c.stop(spec::Signal::KILL.number, Duration::ZERO).await;
+                    let _ = c.release().await;
+                    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    self.record_event(
+                        None,
+                        None,
+                        "instance.orphan",
+                        &format!("stopped pid {pid}: its shim ({name}) belongs to no recorded instance"),
+                    );
+                }
+                Err(_) => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
     }
 
     // ---- requests -------------------------------------------------------------------
@@ -1400,12 +1445,7 @@ impl Controller {
             return Err(not_found(name));
         };
         if let Some(d) = &svc.record.deploy {
-            return Err(ControlError::Conflict(format!(
-                "a deploy of {name} is running: v{} ({}), started {}; wait for it to finish",
-                d.to_release,
-                d.trigger,
-                rfc3339(d.started_ms)
-            )));
+            return Err(deploy_running(name, d));
         }
         let spec = self.release_spec(name, to_release).ok_or_else(|| {
             ControlError::NotFound(format!("{name} has no release v{to_release}"))
@@ -1598,16 +1638,22 @@ impl Controller {
         );
     }
 
-    fn rolled_back(&mut self, name: &str) {
-        let Some(svc) = self.services.get_mut(name) else {
-            return;
-        };
-        let Some(d) = svc.record.deploy.take() else {
-            return;
-        };
+    /// Takes the finished deploy off its service and records that.
+    fn end_deploy(&mut self, name: &str) -> Option<deploy::Deploy> {
+        let svc = self.services.get_mut(name)?;
+        let d = svc.record.deploy.take()?;
         let record = svc.record.clone();
-        let _ = self.store.put_service(&record);
+        if let Err(e) = self.store.put_service(&record) {
+            warn!(service = %name, error = %e, "cannot record the end of a deploy");
+        }
         self.reroute = true;
+        Some(d)
+    }
+
+    fn rolled_back(&mut self, name: &str) {
+        let Some(d) = self.end_deploy(name) else {
+            return;
+        };
         self.record_event(
             Some(name.to_owned()),
             None,
@@ -1622,14 +1668,9 @@ impl Controller {
     }
 
     fn finish_deploy(&mut self, name: &str) {
-        let Some(svc) = self.services.get_mut(name) else {
+        let Some(d) = self.end_deploy(name) else {
             return;
         };
-        let Some(d) = svc.record.deploy.take() else {
-            return;
-        };
-        let record = svc.record.clone();
-        let _ = self.store.put_service(&record);
         if d.to_release != d.from_release {
             let previous = if d.trigger == "rollback" {
                 "rolled-back"
@@ -1740,12 +1781,7 @@ impl Controller {
             return Err(not_found(name));
         };
         if let Some(d) = &svc.record.deploy {
-            return Err(ControlError::Conflict(format!(
-                "a deploy of {name} is running: v{} ({}), started {}; wait for it to finish",
-                d.to_release,
-                d.trigger,
-                rfc3339(d.started_ms)
-            )));
+            return Err(deploy_running(name, d));
         }
         let mut spec = svc.record.spec.clone();
         let version = self.next_release_number(name)?;
@@ -1799,30 +1835,24 @@ impl Controller {
                 }
                 r.version
             }
-            None => releases
-                .iter()
-                .filter(|r| {
-                    r.version != current
-                        && matches!(r.status.as_str(), "superseded" | "rolled-back")
-                })
-                .map(|r| r.version)
-                .filter(|v| *v < current)
-                .max()
-                .or_else(|| {
-                    releases
-                        .iter()
-                        .filter(|r| {
-                            r.version != current
-                                && matches!(r.status.as_str(), "superseded" | "rolled-back")
-                        })
-                        .map(|r| r.version)
-                        .max()
-                })
-                .ok_or_else(|| {
-                    ControlError::BadRequest(format!(
-                        "{name} has no earlier release that was live; see `berth releases {name}`"
-                    ))
-                })?,
+            None => {
+                // Releases that were live once: the newest before the current one,
+                // else the newest of all (after a rollback to an older one).
+                let was_live: Vec<u32> = releases
+                    .iter()
+                    .filter(|r| r.version != current)
+                    .filter(|r| matches!(r.status.as_str(), "superseded" | "rolled-back"))
+                    .map(|r| r.version)
+                    .collect();
+                let before = was_live.iter().copied().filter(|v| *v < current).max();
+                before
+                    .or_else(|| was_live.iter().copied().max())
+                    .ok_or_else(|| {
+                        ControlError::BadRequest(format!(
+                            "{name} has no earlier release that was live; see `berth releases {name}`"
+                        ))
+                    })?
+            }
         };
         if let Some(r) = releases.iter().find(|r| r.version == target)
             && !r.spec.dir.exists()
@@ -2094,6 +2124,16 @@ fn health_of(i: &Instance) -> Health {
         (Health::Unknown, State::Running) => Health::Healthy,
         (h, _) => h,
     }
+}
+
+/// 409: one deploy per service at a time.
+fn deploy_running(name: &str, d: &deploy::Deploy) -> ControlError {
+    ControlError::Conflict(format!(
+        "a deploy of {name} is running: v{} ({}), started {}; wait for it to finish",
+        d.to_release,
+        d.trigger,
+        rfc3339(d.started_ms)
+    ))
 }
 
 fn event_view(e: EventRecord) -> EventView {

@@ -293,10 +293,13 @@ fn app_processes(b: &Berth) -> Vec<u32> {
 fn berth_killed_in_the_middle_of_a_deploy_finishes_it_on_the_next_up() {
     let (mut b, load) = running_v1();
     let _ = load.stop();
-    // Slow to get healthy, so the deploy is surely in flight when berth dies.
-    let v2 = source(b.dir.path(), "src-v2", "2", &[]);
+    // The new release starts sick, so the deploy is surely in flight when berth dies.
     let text = std::fs::read_to_string(b.config()).unwrap();
-    std::fs::write(b.config(), text.replace("watch = \"1s\"", "watch = \"2s\"")).unwrap();
+    std::fs::write(
+        b.config(),
+        text.replace("grace = \"3s\"", "grace = \"60s\""),
+    )
+    .unwrap();
     b.ok(&["apply"]);
     testkit::eventually(testkit::DEADLINE, "the apply's rollout to finish", || {
         let r = releases(&b);
@@ -306,19 +309,19 @@ fn berth_killed_in_the_middle_of_a_deploy_finishes_it_on_the_next_up() {
             Err(format!("{r:?}"))
         }
     });
-    b.ok(&["deploy", "web", "--detach", "--dir", v2.to_str().unwrap()]);
-    b.wait_for(
-        "web",
-        "a new instance of v3 running beside the old",
-        |all| {
-            all.iter()
-                .any(|i| i.release == "v3" && i.state == "running")
-                && all
-                    .iter()
-                    .any(|i| i.release == "v2" && i.state == "running")
-        },
-    );
+    let v3 = source(b.dir.path(), "src-v3", "3", &[("HEALTH_STATUS", "503")]);
+    b.ok(&["deploy", "web", "--detach", "--dir", v3.to_str().unwrap()]);
+    b.wait_for("web", "a new v3 instance starting beside the old", |all| {
+        all.iter().any(|i| i.release == "v3" && i.pid.is_some())
+            && all
+                .iter()
+                .filter(|i| i.release == "v2" && i.state == "running")
+                .count()
+                == 2
+    });
     b.kill9();
+    // Heal berth's copy of the release while berth is down.
+    std::fs::remove_file(b.data_dir().join("releases/web/v3/HEALTH_STATUS")).unwrap();
     b.up();
     let after = b.wait_for("web", "the deploy finished after the restart", |all| {
         all.len() == 2
@@ -326,27 +329,28 @@ fn berth_killed_in_the_middle_of_a_deploy_finishes_it_on_the_next_up() {
                 .iter()
                 .all(|i| i.state == "running" && i.release == "v3")
     });
-    let r = releases(&b);
     testkit::eventually(testkit::DEADLINE, "v3 live", || {
         let r = releases(&b);
-        if r.releases[0].status == "live" {
+        if r.releases[0].version == "v3" && r.releases[0].status == "live" {
             Ok(())
         } else {
             Err(format!("{r:?}"))
         }
     });
-    assert_eq!(r.releases[0].version, "v3");
-    assert_serves(&b, "2");
-    // Exactly the two instances berth knows, nothing orphaned or doubled.
+    assert_serves(&b, "3");
+    // Exactly the instances berth knows, nothing orphaned or doubled.
     testkit::eventually(testkit::DEADLINE, "no orphan app process", || {
         let mut pids = app_processes(&b);
         pids.sort();
         let mut known: Vec<u32> = after.iter().filter_map(|i| i.pid).collect();
         known.sort();
-        if pids == known {
+        if pids == known && known.len() == 2 {
             Ok(())
         } else {
-            Err(format!("running {pids:?}, known {known:?}"))
+            Err(format!(
+                "running {pids:?}, known {known:?}, ps {:?}",
+                b.ps()
+            ))
         }
     });
 }
