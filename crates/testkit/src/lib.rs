@@ -72,6 +72,16 @@ pub fn unique_tag() -> String {
     )
 }
 
+/// Live processes whose environment holds `BERTH_TEST_TAG=<tag>` (berth and its shims).
+pub fn tagged(tag: &str) -> Vec<u32> {
+    let needle = format!("BERTH_TEST_TAG={tag}");
+    processes()
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .filter(|pid| alive(*pid) && environ_contains(*pid, &needle))
+        .collect()
+}
+
 /// Kills every process whose environment holds `BERTH_TEST_TAG=<tag>` together with the
 /// process groups of their children (the instances a shim holds).
 pub fn kill_tagged(tag: &str) {

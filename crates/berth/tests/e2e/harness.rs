@@ -221,6 +221,11 @@ impl Berth {
         }
     }
 
+    /// berth and shim processes of this test still alive.
+    pub fn tagged_processes(&self) -> Vec<u32> {
+        testkit::tagged(&self.tag)
+    }
+
     pub fn url(&self) -> String {
         format!("127.0.0.1:{}", self.http)
     }

@@ -226,6 +226,14 @@ fn sigterm_stops_every_instance_and_berth_exits_0() {
     for i in &before {
         assert!(!alive(i.pid.unwrap()), "instance {} still runs", i.id);
     }
+    eventually(DEADLINE, "every shim to be gone", || {
+        let left = b.tagged_processes();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?} left"))
+        }
+    });
     // A later up starts them again (a shutdown is not a `berth stop`).
     b.up();
     b.wait_running("web", 2);

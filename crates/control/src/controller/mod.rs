@@ -25,6 +25,7 @@ use spec::api::{
 use spec::{ServiceKind, ServiceSpec, Spec};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::clock::{now_ms, rfc3339};
@@ -264,6 +265,8 @@ pub struct Controller {
     reroute: bool,
     shutting_down: Option<(bool, Vec<oneshot::Sender<()>>)>,
     ticks: u64,
+    /// Outstanding `release` calls to shims.
+    releases: TaskTracker,
 }
 
 impl Controller {
@@ -290,6 +293,7 @@ impl Controller {
             reroute: true,
             shutting_down: None,
             ticks: 0,
+            releases: TaskTracker::new(),
         };
         for record in c.store.services()? {
             let maintenance_page = maintenance_page(&record.spec);
@@ -354,6 +358,13 @@ impl Controller {
             if self.shutdown_complete() {
                 break;
             }
+        }
+        self.releases.close();
+        if tokio::time::timeout(Duration::from_secs(5), self.releases.wait())
+            .await
+            .is_err()
+        {
+            warn!("some shims were not released in time");
         }
         info!("controller stopped");
     }
@@ -1010,7 +1021,9 @@ impl Controller {
             Action::Signal => self.stop_process(id, None),
             Action::Release => {
                 let socket = self.socket_path(id, slot.inst.incarnation);
-                tokio::spawn(async move {
+                // Tracked: berth waits for these before it exits, or the shim would wait
+                // for its release forever.
+                self.releases.spawn(async move {
                     if let Ok(c) = runtime::ShimClient::connect(&socket).await {
                         let _ = c.release().await;
                     }
