@@ -22,7 +22,10 @@ impl std::fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (self.code, self.signal) {
             (Some(c), _) => write!(f, "exit code {c}"),
-            (None, Some(s)) => write!(f, "killed by signal {s}"),
+            (None, Some(s)) => match signal_name(s) {
+                Some(name) => write!(f, "killed by {name}"),
+                None => write!(f, "killed by signal {s}"),
+            },
             (None, None) => write!(f, "ended"),
         }
     }
@@ -110,4 +113,25 @@ mod tests {
         let back: Request = serde_json::from_str(r#"{"op":"wait_exit"}"#).expect("parse");
         assert_eq!(back, Request::WaitExit);
     }
+}
+
+/// The name of a common Linux signal, for messages.
+fn signal_name(signal: i32) -> Option<&'static str> {
+    Some(match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        10 => "SIGUSR1",
+        11 => "SIGSEGV",
+        12 => "SIGUSR2",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        _ => return None,
+    })
 }

@@ -60,7 +60,7 @@ fn a_killed_instance_is_restarted() {
         })
     });
     let back = after.iter().find(|i| i.id == victim.id).unwrap();
-    assert_eq!(back.last_exit.as_deref(), Some("killed by signal 9"));
+    assert_eq!(back.last_exit.as_deref(), Some("killed by SIGKILL"));
     let untouched = after.iter().find(|i| i.id == before[1].id).unwrap();
     assert_eq!(
         untouched.pid, before[1].pid,
@@ -133,7 +133,7 @@ stop_timeout = "1s"
     });
     assert!(!alive(pid), "the app survived the stop");
     let events = b.ok(&["events", "-n", "100"]);
-    assert!(events.contains("killed by signal 9"), "{events}");
+    assert!(events.contains("killed by SIGKILL"), "{events}");
 }
 
 #[test]
