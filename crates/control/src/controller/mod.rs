@@ -39,6 +39,8 @@ use crate::store::{EventRecord, ReleaseRecord, ServiceRecord, Store};
 
 /// How often the controller re-plans on its own (grace and watch deadlines, stats).
 const TICK: Duration = Duration::from_millis(250);
+/// How often a starting instance is probed until its first health check passes.
+const STARTUP_PROBE: Duration = Duration::from_millis(50);
 /// Resource usage is sampled every this many ticks (2 s).
 const STATS_EVERY: u64 = 8;
 
@@ -1172,10 +1174,16 @@ impl Controller {
             let dir = spec.dir.clone();
             let tx = self.tx.clone();
             let id = id.to_owned();
+            // Until the first pass, probe more often than the interval: a new instance is
+            // usually listening within milliseconds, and a deploy should not wait a whole
+            // interval for it.
+            let eager = health.interval.min(STARTUP_PROBE);
+            let mut passed = state == State::Running;
             tokio::spawn(async move {
                 loop {
                     let result =
                         crate::health::probe(&health.check, port, health.timeout, &dir, &env).await;
+                    passed |= result.is_ok();
                     let msg = Msg::Health {
                         id: id.clone(),
                         incarnation,
@@ -1184,9 +1192,10 @@ impl Controller {
                     if life.is_cancelled() || tx.send(msg).is_err() {
                         return;
                     }
+                    let wait = if passed { health.interval } else { eager };
                     tokio::select! {
                         _ = life.cancelled() => return,
-                        _ = tokio::time::sleep(health.interval) => {}
+                        _ = tokio::time::sleep(wait) => {}
                     }
                 }
             });
