@@ -5,6 +5,9 @@
 //! cargo run --release -p proxy --example bench_proxy -- proxy 127.0.0.1:18080 127.0.0.1:18081 [ACCESS_LOG|""] [HTTPS_ADDR]
 //! wrk -c 50 -d 10s -H 'Host: bench.test' http://127.0.0.1:18080/
 //! ```
+//!
+//! The runtime has 2 worker threads, like berth's (`BENCH_WORKERS=N` to change it).
+//! `bench/proxy/run` is the real comparison (berth up vs nginx vs haproxy).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,8 +17,20 @@ use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use proxy::{Backend, HostPattern, Proxy, ProxyConfig, RouteTable, ServiceRoute};
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    let workers = std::env::var("BENCH_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(2);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(run());
+}
+
+async fn run() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let addr = |i: usize| -> SocketAddr {
         args.get(i)

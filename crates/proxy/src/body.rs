@@ -19,6 +19,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::access_log::{AccessLog, Record};
+use crate::h1;
 use crate::metrics::ServiceMetrics;
 use crate::upstream::{InFlight, Sender};
 
@@ -118,7 +119,8 @@ pub(crate) struct Completion {
 }
 
 impl Completion {
-    fn finish(self, bytes: u64, clean_end: bool) {
+    /// `raw`: the connection of a response read by [`h1`], when it may be reused.
+    fn finish(self, bytes: u64, clean_end: bool, raw: Option<h1::Conn>) {
         let Completion {
             in_flight,
             conn,
@@ -129,6 +131,9 @@ impl Completion {
         } = self;
         if clean_end && let Some(conn) = conn {
             in_flight.0.checkin(conn);
+        }
+        if let Some(raw) = raw {
+            in_flight.0.checkin_raw(raw);
         }
         drop(in_flight);
         let elapsed = start.elapsed();
@@ -153,7 +158,24 @@ impl Drop for UpstreamBody {
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {
             let clean = self.ended || self.inner.is_end_stream();
-            done.finish(self.bytes, clean);
+            done.finish(self.bytes, clean, None);
+        }
+    }
+}
+
+/// A response body read from an instance by [`h1`].
+pub(crate) struct RawBody {
+    inner: Option<h1::Body>,
+    bytes: u64,
+    done: Option<Completion>,
+}
+
+impl Drop for RawBody {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let inner = self.inner.take();
+            let clean = inner.as_ref().is_some_and(h1::Body::is_end_stream);
+            done.finish(self.bytes, clean, inner.and_then(h1::Body::into_reusable));
         }
     }
 }
@@ -164,6 +186,7 @@ impl Drop for UpstreamBody {
 pub(crate) enum RespBody {
     Full(Option<Bytes>),
     Upstream(UpstreamBody),
+    Raw(RawBody),
 }
 
 impl RespBody {
@@ -184,17 +207,37 @@ impl RespBody {
             done: Some(done),
         })
     }
+
+    pub(crate) fn raw(inner: h1::Body, done: Completion) -> Self {
+        RespBody::Raw(RawBody {
+            inner: Some(inner),
+            bytes: 0,
+            done: Some(done),
+        })
+    }
 }
 
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
+            RespBody::Raw(body) => {
+                let Some(inner) = body.inner.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                let polled = std::task::ready!(inner.poll_frame(cx));
+                if let Some(Ok(frame)) = &polled
+                    && let Some(data) = frame.data_ref()
+                {
+                    body.bytes += data.len() as u64;
+                }
+                Poll::Ready(polled.map(|r| r.map_err(Into::into)))
+            }
             RespBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             RespBody::Upstream(body) => {
                 let polled = std::task::ready!(Pin::new(&mut body.inner).poll_frame(cx));
@@ -207,7 +250,7 @@ impl Body for RespBody {
                     None => body.ended = true,
                     Some(Err(_)) => {}
                 }
-                Poll::Ready(polled)
+                Poll::Ready(polled.map(|r| r.map_err(Into::into)))
             }
         }
     }
@@ -216,6 +259,7 @@ impl Body for RespBody {
         match self {
             RespBody::Full(bytes) => bytes.is_none(),
             RespBody::Upstream(body) => body.inner.is_end_stream(),
+            RespBody::Raw(body) => body.inner.as_ref().is_none_or(h1::Body::is_end_stream),
         }
     }
 
@@ -225,6 +269,10 @@ impl Body for RespBody {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             RespBody::Upstream(body) => body.inner.size_hint(),
+            RespBody::Raw(body) => body
+                .inner
+                .as_ref()
+                .map_or_else(|| SizeHint::with_exact(0), h1::Body::size_hint),
         }
     }
 }

@@ -25,7 +25,6 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 
-use crate::Shared;
 use crate::access_log::{AccessLog, Record};
 use crate::balance::{self, Tried};
 use crate::body::{Completion, ReqBody, RespBody, is_body_too_large};
@@ -33,6 +32,7 @@ use crate::headers::{self, Forwarded};
 use crate::metrics::UpstreamError;
 use crate::routes::{Service, normalize_host};
 use crate::upstream::{self, ConnectError, InFlight};
+use crate::{Shared, h1};
 
 /// A pooled connection idle for longer than this might be closing on the backend's
 /// side as we use it; only then is the request head kept for a retry.
@@ -338,6 +338,11 @@ async fn forward(
     }
     parts.version = Version::HTTP_11;
 
+    if body.is_end_stream() && !upgrade && parts.method != Method::CONNECT {
+        drop(body);
+        return forward_inline(&plan, parts, log, start).await;
+    }
+
     let body = if body.is_end_stream() {
         ReqBody::Empty
     } else if body.size_hint().exact().is_some() {
@@ -375,15 +380,7 @@ async fn forward(
             None => match upstream::connect(up.addr, plan.connect_timeout).await {
                 Ok(tx) => (tx, None),
                 Err(e) => {
-                    match e {
-                        ConnectError::Refused => balance::eject(up),
-                        ConnectError::Timeout => {
-                            tracing::warn!(instance = %up.instance, addr = %up.addr, "connect to backend timed out");
-                        }
-                        ConnectError::Other(ref e) => {
-                            tracing::warn!(instance = %up.instance, addr = %up.addr, error = %e, "cannot connect to backend");
-                        }
-                    }
+                    connect_failed(up, &e);
                     service.metrics.upstream_error(UpstreamError::Connect);
                     tried.add(index);
                     continue;
@@ -452,6 +449,113 @@ async fn forward(
                     "the instance closed the connection\n",
                 );
             }
+        }
+    }
+}
+
+/// Forwards a request without a body over [`h1`]: the exchange runs in this task.
+///
+/// Retries: a failed connect tries the next backend; a pooled connection that fails
+/// before any byte of a response (closed by the instance while idle) is replaced by a
+/// new connection once, when the request was not written at all or is idempotent.
+async fn forward_inline(
+    plan: &Plan,
+    parts: http::request::Parts,
+    log: LogCtx,
+    start: Instant,
+) -> Response<RespBody> {
+    let service = &plan.service;
+    let mut tried = Tried::default();
+    let mut retried = false;
+    loop {
+        let Some(index) = balance::pick(service, tried) else {
+            return local(
+                Some(service),
+                log,
+                start,
+                StatusCode::BAD_GATEWAY,
+                "cannot reach an instance of this service\n",
+            );
+        };
+        let up = &service.backends[index];
+        let in_flight = InFlight::new(up.clone());
+        let pooled = if retried { None } else { up.checkout_raw() };
+        let (conn, reused) = match pooled {
+            Some((conn, _idle_for)) => (conn, true),
+            None => match h1::Conn::connect(up.addr, plan.connect_timeout).await {
+                Ok(conn) => (conn, false),
+                Err(e) => {
+                    connect_failed(up, &e);
+                    service.metrics.upstream_error(UpstreamError::Connect);
+                    tried.add(index);
+                    continue;
+                }
+            },
+        };
+        match tokio::time::timeout(plan.response_timeout, conn.send(&parts)).await {
+            Err(_elapsed) => {
+                service.metrics.upstream_error(UpstreamError::Timeout);
+                tracing::warn!(instance = %up.instance, "backend did not answer within the response timeout");
+                return local(
+                    Some(service),
+                    with_instance(log, up),
+                    start,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the instance did not answer in time\n",
+                );
+            }
+            Ok(Ok((head, body))) => {
+                let status = head.status;
+                let mut headers = head.headers;
+                headers::strip_hop_by_hop(&mut headers, false);
+                let done = Completion {
+                    metrics: service.metrics.clone(),
+                    status: status.as_u16(),
+                    start,
+                    log: with_instance(log, up).map(|(l, mut r)| {
+                        r.status = status.as_u16();
+                        (l, r)
+                    }),
+                    in_flight,
+                    conn: None,
+                };
+                let mut resp = Response::new(RespBody::raw(body, done));
+                *resp.status_mut() = status;
+                *resp.headers_mut() = headers;
+                return resp;
+            }
+            Ok(Err(e)) => {
+                let replay = match e {
+                    h1::SendError::Unsent(_) => true,
+                    h1::SendError::NoResponse(_) => is_idempotent(&parts.method),
+                    h1::SendError::Bad(_) => false,
+                };
+                if reused && replay && !retried {
+                    retried = true;
+                    continue;
+                }
+                service.metrics.upstream_error(UpstreamError::Reset);
+                tracing::debug!(instance = %up.instance, error = %e, "forwarding failed");
+                return local(
+                    Some(service),
+                    with_instance(log, up),
+                    start,
+                    StatusCode::BAD_GATEWAY,
+                    "the instance closed the connection\n",
+                );
+            }
+        }
+    }
+}
+
+fn connect_failed(up: &upstream::Upstream, e: &ConnectError) {
+    match e {
+        ConnectError::Refused => balance::eject(up),
+        ConnectError::Timeout => {
+            tracing::warn!(instance = %up.instance, addr = %up.addr, "connect to backend timed out");
+        }
+        ConnectError::Other(e) => {
+            tracing::warn!(instance = %up.instance, addr = %up.addr, error = %e, "cannot connect to backend");
         }
     }
 }

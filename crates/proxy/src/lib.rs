@@ -26,6 +26,7 @@ mod access_log;
 mod balance;
 mod body;
 mod forward;
+mod h1;
 mod headers;
 mod listeners;
 mod metrics;

@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::body::ReqBody;
+use crate::h1;
 use crate::{Backend, POOL_IDLE_TIMEOUT, RouteTable, Shared, lock};
 
 /// Idle connections kept per backend; more are closed when they come back.
@@ -40,6 +41,8 @@ pub(crate) struct Upstream {
     /// Milliseconds on [`crate::balance::now_ms`]'s clock; 0 = not ejected.
     pub(crate) ejected_until: AtomicU64,
     idle: Mutex<Vec<IdleConn>>,
+    /// Idle connections of [`h1`](crate::h1), newest last.
+    idle_raw: Mutex<Vec<(h1::Conn, Instant)>>,
 }
 
 impl Upstream {
@@ -50,6 +53,26 @@ impl Upstream {
             in_flight: AtomicUsize::new(0),
             ejected_until: AtomicU64::new(0),
             idle: Mutex::new(Vec::new()),
+            idle_raw: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A pooled [`h1`] connection that is still open, with how long it sat idle.
+    pub(crate) fn checkout_raw(&self) -> Option<(h1::Conn, Duration)> {
+        loop {
+            let (mut conn, since) = lock(&self.idle_raw).pop()?;
+            let idle_for = since.elapsed();
+            if idle_for < POOL_IDLE_TIMEOUT && conn.is_usable() {
+                return Some((conn, idle_for));
+            }
+        }
+    }
+
+    /// Returns an [`h1`] connection whose response was read to its end.
+    pub(crate) fn checkin_raw(&self, conn: h1::Conn) {
+        let mut idle = lock(&self.idle_raw);
+        if idle.len() < MAX_IDLE_PER_BACKEND {
+            idle.push((conn, Instant::now()));
         }
     }
 
@@ -80,10 +103,13 @@ impl Upstream {
 
     fn reap(&self) {
         lock(&self.idle).retain(|c| c.since.elapsed() < POOL_IDLE_TIMEOUT && !c.tx.is_closed());
+        lock(&self.idle_raw)
+            .retain_mut(|(c, since)| since.elapsed() < POOL_IDLE_TIMEOUT && c.is_usable());
     }
 
     fn clear_idle(&self) {
         lock(&self.idle).clear();
+        lock(&self.idle_raw).clear();
     }
 }
 
