@@ -309,6 +309,23 @@ async fn forward(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
     let from_h2 = parts.version == Version::HTTP_2;
+    if from_h2 {
+        join_cookies(&mut parts.headers);
+    }
+    let forwarded = Forwarded {
+        peer: ctx.peer,
+        peer_value: &ctx.peer_value,
+        peer_trusted: plan.peer_trusted,
+        client: plan.client,
+        https: ctx.https,
+        host: host.as_ref(),
+    };
+    if body.is_end_stream() && !upgrade && parts.method != Method::CONNECT {
+        // The head is written as it goes out (`Forwarded::encode`): the map stays as is.
+        drop(body);
+        return forward_inline(&plan, &parts, &forwarded, log, start).await;
+    }
+
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     parts.headers.remove(header::EXPECT);
     if let Some(h) = &host
@@ -316,19 +333,8 @@ async fn forward(
     {
         parts.headers.insert(header::HOST, h.clone());
     }
-    if from_h2 {
-        join_cookies(&mut parts.headers);
-    }
     parts.headers.reserve(6);
-    Forwarded {
-        peer: ctx.peer,
-        peer_value: &ctx.peer_value,
-        peer_trusted: plan.peer_trusted,
-        client: plan.client,
-        https: ctx.https,
-        host: host.as_ref(),
-    }
-    .apply(&mut parts.headers);
+    forwarded.apply(&mut parts.headers);
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         parts.uri = parts
             .uri
@@ -337,11 +343,6 @@ async fn forward(
             .map_or_else(|| Uri::from_static("/"), Uri::from);
     }
     parts.version = Version::HTTP_11;
-
-    if body.is_end_stream() && !upgrade && parts.method != Method::CONNECT {
-        drop(body);
-        return forward_inline(&plan, parts, log, start).await;
-    }
 
     let body = if body.is_end_stream() {
         ReqBody::Empty
@@ -460,7 +461,8 @@ async fn forward(
 /// new connection once, when the request was not written at all or is idempotent.
 async fn forward_inline(
     plan: &Plan,
-    parts: http::request::Parts,
+    parts: &http::request::Parts,
+    forwarded: &Forwarded<'_>,
     log: LogCtx,
     start: Instant,
 ) -> Response<RespBody> {
@@ -492,7 +494,7 @@ async fn forward_inline(
                 }
             },
         };
-        match tokio::time::timeout(plan.response_timeout, conn.send(&parts)).await {
+        match tokio::time::timeout(plan.response_timeout, conn.send(parts, forwarded)).await {
             Err(_elapsed) => {
                 service.metrics.upstream_error(UpstreamError::Timeout);
                 tracing::warn!(instance = %up.instance, "backend did not answer within the response timeout");
@@ -506,8 +508,8 @@ async fn forward_inline(
             }
             Ok(Ok((head, body))) => {
                 let status = head.status;
-                let mut headers = head.headers;
-                headers::strip_hop_by_hop(&mut headers, false);
+                // Hop-by-hop fields were left out by the parser.
+                let headers = head.headers;
                 let done = Completion {
                     metrics: service.metrics.clone(),
                     status: status.as_u16(),

@@ -29,6 +29,7 @@ use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::headers::Forwarded;
 use crate::upstream::ConnectError;
 
 /// Largest response head accepted from an instance.
@@ -111,8 +112,12 @@ impl Conn {
 
     /// Writes the request head (the request has no body) and reads the response head.
     /// On success the connection moves into the returned body.
-    pub(crate) async fn send(mut self, req: &request::Parts) -> Result<(Head, Body), SendError> {
-        encode_head(req, &mut self.wbuf);
+    pub(crate) async fn send(
+        mut self,
+        req: &request::Parts,
+        forwarded: &Forwarded<'_>,
+    ) -> Result<(Head, Body), SendError> {
+        encode_head(req, forwarded, &mut self.wbuf);
         if let Err(e) = self.io.write_all(&self.wbuf).await {
             return Err(SendError::Unsent(e));
         }
@@ -166,7 +171,10 @@ impl Conn {
                 return Ok(None);
             };
             let head = self.buf.split_to(len).freeze();
-            let (code, http10, headers) = parse_fields(&head)?;
+            let (code, http10, mut headers, hop) = parse_fields(&head)?;
+            for name in hop.named {
+                headers.remove(name);
+            }
             let status =
                 StatusCode::from_u16(code).map_err(|_| SendError::Bad(format!("status {code}")))?;
             if status.is_informational() {
@@ -180,10 +188,10 @@ impl Conn {
                 || status == StatusCode::NOT_MODIFIED
             {
                 Framing::Length(0)
-            } else if headers.contains_key(header::TRANSFER_ENCODING) {
+            } else if let Some(chunked) = hop.transfer_encoding {
                 // Chunked as the final coding, else (or with a Content-Length as well)
                 // read to the end of the connection.
-                if is_chunked(&headers) && !headers.contains_key(header::CONTENT_LENGTH) {
+                if chunked && !headers.contains_key(header::CONTENT_LENGTH) {
                     Framing::Chunked(Chunk::Size)
                 } else {
                     Framing::Eof
@@ -193,7 +201,8 @@ impl Conn {
             } else {
                 Framing::Eof
             };
-            let reusable = keep_alive(&headers, http10) && !matches!(framing, Framing::Eof);
+            let keep_alive = if http10 { hop.keep_alive } else { !hop.close };
+            let reusable = keep_alive && !matches!(framing, Framing::Eof);
             return Ok(Some((Head { status, headers }, framing, reusable)));
         }
     }
@@ -212,11 +221,24 @@ fn head_len(buf: &[u8]) -> Option<usize> {
     }
 }
 
+/// What the hop-by-hop fields of a response said; they are not kept in the map.
+#[derive(Default)]
+struct Hop {
+    /// `Connection: close`.
+    close: bool,
+    /// `Connection: keep-alive`.
+    keep_alive: bool,
+    /// Other fields `Connection` names, to drop too.
+    named: Vec<HeaderName>,
+    /// `Transfer-Encoding` present: whether its last coding is chunked.
+    transfer_encoding: Option<bool>,
+}
+
 /// Parses `HTTP/1.x NNN reason` and the header lines of a complete head. Returns the
-/// status code, whether the version is 1.0, and the fields, whose values share `head`.
-/// Names and values are validated by `HeaderName` / `HeaderValue`; obsolete line
-/// folding is refused.
-fn parse_fields(head: &Bytes) -> Result<(u16, bool, HeaderMap), SendError> {
+/// status code, whether the version is 1.0, the end-to-end fields (values share `head`)
+/// and what the hop-by-hop ones said. Names and values are validated by `HeaderName` /
+/// `HeaderValue`; obsolete line folding is refused.
+fn parse_fields(head: &Bytes) -> Result<(u16, bool, HeaderMap, Hop), SendError> {
     let bad = |why: &str| SendError::Bad(why.to_owned());
     let mut lines = head
         .split(|&b| b == b'\n')
@@ -236,11 +258,14 @@ fn parse_fields(head: &Bytes) -> Result<(u16, bool, HeaderMap), SendError> {
         _ => return Err(bad("bad status code")),
     };
     let mut headers = HeaderMap::with_capacity(12);
+    let mut hop = Hop::default();
+    let mut fields = 0;
     for line in lines {
         if line.is_empty() {
             break;
         }
-        if headers.len() >= MAX_HEADERS {
+        fields += 1;
+        if fields > MAX_HEADERS {
             return Err(bad("too many header fields"));
         }
         if line[0] == b' ' || line[0] == b'\t' {
@@ -252,15 +277,35 @@ fn parse_fields(head: &Bytes) -> Result<(u16, bool, HeaderMap), SendError> {
             .ok_or_else(|| bad("header line without a colon"))?;
         let name = HeaderName::from_bytes(&line[..colon]).map_err(|_| bad("bad header name"))?;
         let value = line[colon + 1..].trim_ascii();
+        if name == header::CONNECTION {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    hop.close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    hop.keep_alive = true;
+                } else if let Ok(named) = HeaderName::from_bytes(token) {
+                    hop.named.push(named);
+                }
+            }
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            hop.transfer_encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            continue;
+        }
+        if crate::headers::is_fixed_hop(&name) {
+            continue;
+        }
         let value = HeaderValue::from_maybe_shared(head.slice_ref(value))
             .map_err(|_| bad("bad header value"))?;
         headers.append(name, value);
     }
-    Ok((code, http10, headers))
+    Ok((code, http10, headers, hop))
 }
 
-/// `METHOD target HTTP/1.1`, then the fields as they are (lower-case names).
-fn encode_head(req: &request::Parts, out: &mut Vec<u8>) {
+/// `METHOD target HTTP/1.1`, then the fields as [`Forwarded::encode`] writes them.
+fn encode_head(req: &request::Parts, forwarded: &Forwarded<'_>, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(req.method.as_str().as_bytes());
     out.push(b' ');
@@ -271,39 +316,8 @@ fn encode_head(req: &request::Parts, out: &mut Vec<u8>) {
         target.as_bytes()
     });
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &req.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    forwarded.encode(&req.headers, out);
     out.extend_from_slice(b"\r\n");
-}
-
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &[u8]) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-    })
-}
-
-fn keep_alive(headers: &HeaderMap, http10: bool) -> bool {
-    if http10 {
-        has_token(headers, &header::CONNECTION, b"keep-alive")
-    } else {
-        !has_token(headers, &header::CONNECTION, b"close")
-    }
-}
-
-/// Whether the last transfer coding is `chunked`.
-fn is_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// The one `Content-Length` (repeated identical values are accepted).
@@ -551,6 +565,18 @@ mod tests {
         parts
     }
 
+    fn fwd(host: &HeaderValue) -> Forwarded<'_> {
+        static PEER: HeaderValue = HeaderValue::from_static("127.0.0.1");
+        Forwarded {
+            peer: [127, 0, 0, 1].into(),
+            peer_value: &PEER,
+            peer_trusted: false,
+            client: [127, 0, 0, 1].into(),
+            https: false,
+            host: Some(host),
+        }
+    }
+
     async fn collect(mut body: Body) -> (Vec<u8>, Option<Conn>) {
         let mut out = Vec::new();
         while let Some(frame) = std::future::poll_fn(|cx| body.poll_frame(cx)).await {
@@ -562,6 +588,7 @@ mod tests {
 
     #[tokio::test]
     async fn length_chunked_and_head_on_one_connection() {
+        let host = HeaderValue::from_static("a.test");
         let (addr, seen) = canned(vec![
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A:  b \r\n\r\nok\n",
             b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\nHTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nTrailer: x\r\n\r\n",
@@ -572,7 +599,10 @@ mod tests {
         let conn = Conn::connect(addr, Duration::from_secs(1))
             .await
             .expect("connect");
-        let (head, body) = conn.send(&get("/one?q=1")).await.expect("send");
+        let (head, body) = conn
+            .send(&get("/one?q=1"), &fwd(&host))
+            .await
+            .expect("send");
         assert_eq!(head.status, StatusCode::OK);
         assert_eq!(head.headers["x-a"], "b");
         let (data, conn) = collect(body).await;
@@ -580,14 +610,14 @@ mod tests {
         let mut conn = conn.expect("reusable");
         assert!(conn.is_usable());
 
-        let (head, body) = conn.send(&get("/two")).await.expect("send");
+        let (head, body) = conn.send(&get("/two"), &fwd(&host)).await.expect("send");
         assert_eq!(head.status, StatusCode::CREATED);
         let (data, conn) = collect(body).await;
         assert_eq!(data, b"abcde");
 
         let (head, body) = conn
             .expect("reusable")
-            .send(&get("/three"))
+            .send(&get("/three"), &fwd(&host))
             .await
             .expect("send");
         assert_eq!(head.status, StatusCode::NO_CONTENT);
@@ -597,7 +627,7 @@ mod tests {
 
         let (head, body) = conn
             .expect("reusable")
-            .send(&get("/four"))
+            .send(&get("/four"), &fwd(&host))
             .await
             .expect("send");
         assert_eq!(head.status, StatusCode::OK);
@@ -615,6 +645,7 @@ mod tests {
 
     #[tokio::test]
     async fn read_to_close_and_connection_close_are_not_reused() {
+        let host = HeaderValue::from_static("a.test");
         let (addr, _seen) = canned(vec![
             b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end",
         ])
@@ -622,7 +653,7 @@ mod tests {
         let conn = Conn::connect(addr, Duration::from_secs(1))
             .await
             .expect("connect");
-        let (_, body) = conn.send(&get("/")).await.expect("send");
+        let (_, body) = conn.send(&get("/"), &fwd(&host)).await.expect("send");
         let (data, conn) = collect(body).await;
         assert_eq!(data, b"until the end");
         assert!(conn.is_none());
@@ -630,12 +661,13 @@ mod tests {
 
     #[tokio::test]
     async fn errors_are_classified() {
+        let host = HeaderValue::from_static("a.test");
         let (addr, _seen) = canned(vec![]).await;
         let conn = Conn::connect(addr, Duration::from_secs(1))
             .await
             .expect("connect");
         assert!(matches!(
-            conn.send(&get("/")).await,
+            conn.send(&get("/"), &fwd(&host)).await,
             Err(SendError::NoResponse(_))
         ));
 
@@ -652,7 +684,10 @@ mod tests {
                 .await
                 .expect("connect");
             assert!(
-                matches!(conn.send(&get("/")).await, Err(SendError::Bad(_))),
+                matches!(
+                    conn.send(&get("/"), &fwd(&host)).await,
+                    Err(SendError::Bad(_))
+                ),
                 "{}",
                 String::from_utf8_lossy(bad)
             );
@@ -663,13 +698,27 @@ mod tests {
         let conn = Conn::connect(addr, Duration::from_secs(1))
             .await
             .expect("connect");
-        let (_, mut body) = conn.send(&get("/")).await.expect("send");
+        let (_, mut body) = conn.send(&get("/"), &fwd(&host)).await.expect("send");
         let mut failed = false;
         while let Some(frame) = std::future::poll_fn(|cx| body.poll_frame(cx)).await {
             failed |= frame.is_err();
         }
         assert!(failed, "a body cut short is an error");
         assert!(body.into_reusable().is_none());
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_left_out_and_read() {
+        let head = Bytes::from_static(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\nUpgrade: h2c\r\nX-Kept: yes\r\n\r\n",
+        );
+        let (code, http10, headers, hop) = parse_fields(&head).expect("parse");
+        assert_eq!((code, http10), (200, false));
+        let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-secret", "x-kept"]);
+        assert_eq!(hop.named, [HeaderName::from_static("x-secret")]);
+        assert!(hop.keep_alive && !hop.close);
+        assert_eq!(hop.transfer_encoding, Some(true));
     }
 
     #[test]

@@ -40,26 +40,57 @@ pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|v| has_token(v, "upgrade"))
 }
 
+/// Whether `name` is on the fixed hop-by-hop list (`Upgrade` included).
+pub(crate) fn is_fixed_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == header::UPGRADE
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+}
+
+/// The header names a `Connection` value lists, besides the ones every proxy drops
+/// anyway (`keep-alive`, `close`) and, with `keep_upgrade`, `upgrade`.
+fn connection_tokens(value: &HeaderValue, keep_upgrade: bool) -> impl Iterator<Item = &[u8]> {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(move |t| {
+            !(t.is_empty()
+                || t.eq_ignore_ascii_case(b"keep-alive")
+                || t.eq_ignore_ascii_case(b"close")
+                || (keep_upgrade && t.eq_ignore_ascii_case(b"upgrade")))
+        })
+}
+
 /// Removes hop-by-hop headers. With `upgrade`, `Connection: upgrade` and `Upgrade`
 /// are put back so the next hop sees the upgrade.
+///
+/// One pass over the names first: most heads carry none or only `Connection`, and a
+/// removal costs a hash lookup per name.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
-        let values: Vec<HeaderValue> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .cloned()
-            .collect();
-        headers.remove(header::CONNECTION);
-        for value in &values {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"upgrade") && upgrade {
-                    continue;
-                }
+    if !headers.keys().any(is_fixed_hop) {
+        if upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
+    if let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
+        let (_, values) = entry.remove_entry_mult();
+        let mut named: Vec<HeaderName> = Vec::new();
+        for value in values {
+            for token in connection_tokens(&value, upgrade) {
                 if let Ok(name) = HeaderName::from_bytes(token) {
-                    headers.remove(name);
+                    named.push(name);
                 }
             }
+        }
+        for name in named {
+            headers.remove(name);
         }
     }
     headers.remove(&KEEP_ALIVE);
@@ -170,9 +201,88 @@ impl Forwarded<'_> {
     }
 }
 
+impl Forwarded<'_> {
+    /// Writes the header lines of a request about to go upstream over HTTP/1.1, as
+    /// [`strip_hop_by_hop`] (no upgrade), dropping `Expect`, setting `Host` and
+    /// [`Forwarded::apply`] would leave `headers`, without changing the map:
+    /// the client's fields in order, then `Host` and the forwarding fields.
+    pub(crate) fn encode(&self, headers: &HeaderMap, out: &mut Vec<u8>) {
+        fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| connection_tokens(v, false))
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
+            .collect();
+        let keep_proto = self.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO);
+        let keep_fwd_host =
+            self.host.is_none() || (self.peer_trusted && headers.contains_key(&X_FORWARDED_HOST));
+        let mut forwarded_for: Option<Vec<u8>> = None;
+        let mut has_request_id = false;
+        for (name, value) in headers {
+            if is_fixed_hop(name) || *name == header::EXPECT || named.contains(name) {
+                continue;
+            }
+            if *name == header::HOST {
+                // `self.host` is this header (or the authority when there is none).
+                continue;
+            }
+            if *name == X_FORWARDED_FOR {
+                let joined = forwarded_for.get_or_insert_with(|| Vec::with_capacity(64));
+                joined.extend_from_slice(value.as_bytes());
+                joined.extend_from_slice(b", ");
+                continue;
+            }
+            if *name == X_REAL_IP
+                || (*name == X_FORWARDED_PROTO && !keep_proto)
+                || (*name == X_FORWARDED_HOST && !keep_fwd_host)
+            {
+                continue;
+            }
+            has_request_id |= *name == X_REQUEST_ID;
+            line(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if let Some(host) = self.host {
+            line(out, b"host", host.as_bytes());
+        }
+        match forwarded_for {
+            Some(mut joined) => {
+                joined.extend_from_slice(self.peer_value.as_bytes());
+                line(out, b"x-forwarded-for", &joined);
+            }
+            None => line(out, b"x-forwarded-for", self.peer_value.as_bytes()),
+        }
+        if self.client == self.peer {
+            line(out, b"x-real-ip", self.peer_value.as_bytes());
+        } else {
+            line(out, b"x-real-ip", ip_value(self.client).as_bytes());
+        }
+        if !keep_proto {
+            let proto: &[u8] = if self.https { b"https" } else { b"http" };
+            line(out, b"x-forwarded-proto", proto);
+        }
+        if !keep_fwd_host && let Some(host) = self.host {
+            line(out, b"x-forwarded-host", host.as_bytes());
+        }
+        if !has_request_id {
+            line(out, b"x-request-id", &request_id_bytes());
+        }
+    }
+}
+
+/// A fresh request id as a header value.
+pub(crate) fn request_id() -> HeaderValue {
+    HeaderValue::from_bytes(&request_id_bytes()).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
 /// A fresh request id: 32 hex digits, unique within the process and unlikely to
 /// collide across processes (random per-process seed, counter, scrambled).
-pub(crate) fn request_id() -> HeaderValue {
+fn request_id_bytes() -> [u8; 32] {
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let seed = *SEED.get_or_init(|| {
@@ -200,7 +310,7 @@ pub(crate) fn request_id() -> HeaderValue {
         buf[2 * i] = HEX[usize::from(byte >> 4)];
         buf[2 * i + 1] = HEX[usize::from(byte & 0xf)];
     }
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    buf
 }
 
 fn splitmix(mut z: u64) -> u64 {
@@ -338,6 +448,99 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "a.test:8080");
         assert_eq!(h["x-real-ip"], "127.0.0.1");
         assert_eq!(h["x-request-id"].len(), 32);
+    }
+
+    #[test]
+    fn encode_writes_what_strip_and_apply_leave() {
+        let cases: [&[(&str, &str)]; 4] = [
+            &[("host", "a.test")],
+            &[
+                ("host", "a.test:8080"),
+                ("connection", "keep-alive, X-Secret"),
+                ("x-secret", "1"),
+                ("x-forwarded-for", "198.51.100.1"),
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "elsewhere"),
+                ("x-real-ip", "192.0.2.1"),
+                ("expect", "100-continue"),
+                ("te", "trailers"),
+                ("upgrade", "h2c"),
+                ("keep-alive", "timeout=5"),
+                ("x-request-id", "abc"),
+                ("accept", "*/*"),
+                ("accept", "text/html"),
+            ],
+            &[("accept", "*/*")],
+            &[("host", "a.test"), ("connection", "host, close")],
+        ];
+        let lines = |text: &[u8]| -> Vec<(String, String)> {
+            let mut v: Vec<(String, String)> = String::from_utf8_lossy(text)
+                .split("\r\n")
+                .filter(|l| !l.is_empty())
+                .map(|l| {
+                    let (n, v) = l.split_once(": ").expect("field line");
+                    (n.to_owned(), v.to_owned())
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let peer: IpAddr = "127.0.0.1".parse().expect("ip");
+        for case in cases {
+            for trusted in [false, true] {
+                let headers = map(case);
+                let host = headers.get(header::HOST).cloned();
+                let peer_value = ip_value(peer);
+                let fwd = Forwarded {
+                    peer,
+                    peer_value: &peer_value,
+                    peer_trusted: trusted,
+                    client: if trusted {
+                        "203.0.113.9".parse().expect("ip")
+                    } else {
+                        peer
+                    },
+                    https: trusted,
+                    host: host.as_ref(),
+                };
+                let mut want = headers.clone();
+                strip_hop_by_hop(&mut want, false);
+                want.remove(header::EXPECT);
+                if let Some(h) = &host
+                    && !want.contains_key(header::HOST)
+                {
+                    want.insert(header::HOST, h.clone());
+                }
+                fwd.apply(&mut want);
+                let mut want_text = Vec::new();
+                for (n, v) in &want {
+                    want_text.extend_from_slice(n.as_str().as_bytes());
+                    want_text.extend_from_slice(b": ");
+                    want_text.extend_from_slice(v.as_bytes());
+                    want_text.extend_from_slice(b"\r\n");
+                }
+                let mut got_text = Vec::new();
+                fwd.encode(&headers, &mut got_text);
+                let generated = |l: &Vec<(String, String)>| {
+                    l.iter()
+                        .filter(|(n, v)| n != "x-request-id" || v == "abc")
+                        .cloned()
+                        .collect::<Vec<_>>()
+                };
+                let (want, got) = (lines(&want_text), lines(&got_text));
+                assert_eq!(
+                    generated(&got),
+                    generated(&want),
+                    "{case:?} trusted={trusted}"
+                );
+                let ids = |l: &Vec<(String, String)>| {
+                    l.iter().filter(|(n, _)| n == "x-request-id").count()
+                };
+                assert_eq!(ids(&got), 1);
+                assert_eq!(ids(&want), 1);
+            }
+        }
     }
 
     #[test]
