@@ -222,9 +222,7 @@ impl Instance {
                     started_at_ms,
                 },
             ) => {
-                self.pid = Some(pid);
-                self.shim_pid = Some(shim_pid);
-                self.started_at_ms = Some(started_at_ms);
+                self.launched(pid, shim_pid, started_at_ms);
                 vec![
                     Action::Watch,
                     self.event("instance.started", format!("started, pid {pid}")),
@@ -267,9 +265,7 @@ impl Instance {
                     started_at_ms,
                 },
             ) => {
-                self.pid = Some(pid);
-                self.shim_pid = Some(shim_pid);
-                self.started_at_ms = Some(started_at_ms);
+                self.launched(pid, shim_pid, started_at_ms);
                 vec![Action::Watch, Action::Signal]
             }
             (Stopping, Input::LaunchFailed { .. }) => {
@@ -322,6 +318,12 @@ impl Instance {
             }
             _ => Vec::new(),
         }
+    }
+
+    fn launched(&mut self, pid: u32, shim_pid: u32, started_at_ms: u64) {
+        self.pid = Some(pid);
+        self.shim_pid = Some(shim_pid);
+        self.started_at_ms = Some(started_at_ms);
     }
 
     /// The app ended on its own: restart it after a backoff, or leave it exited.

@@ -59,10 +59,10 @@ impl LogLine {
 }
 
 /// Length of a timestamp such as `2026-11-22T10:00:00.123Z`.
-pub(crate) const TIMESTAMP_LEN: usize = 24;
+pub const TIMESTAMP_LEN: usize = 24;
 
 /// Formats `t` as RFC 3339 UTC with milliseconds, without allocating.
-pub(crate) fn timestamp(t: SystemTime) -> [u8; TIMESTAMP_LEN] {
+pub fn timestamp(t: SystemTime) -> [u8; TIMESTAMP_LEN] {
     let ms = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis()) as u64;
     let secs = ms / 1000;
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
