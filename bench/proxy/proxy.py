@@ -60,12 +60,21 @@ def ppid(pid):
 
 
 def cpu_ticks(pid):
-    """utime + stime of a process (all threads), in clock ticks."""
+    """(utime, stime) of a process (all threads), in clock ticks."""
     stat = read(f"/proc/{pid}/stat")
     if stat is None:
-        return 0
+        return (0, 0)
     f = stat[stat.rindex(b")") + 2 :].split()
-    return int(f[11]) + int(f[12])
+    return (int(f[11]), int(f[12]))
+
+
+def sum_ticks(pids):
+    user = system = 0
+    for p in pids:
+        u, s = cpu_ticks(p)
+        user += u
+        system += s
+    return user, system
 
 
 def tagged(tag):
@@ -431,7 +440,7 @@ def proxy_pids(name, proc):
     return [proc.pid] + descendants(proc.pid)
 
 
-def run_wrk(port, tls, duration, pids_of, conns, threads):
+def run_wrk(port, tls, duration, pids_of, conns, threads, load_pids):
     scheme = "https" if tls else "http"
     url = f"{scheme}://127.0.0.1:{port}/"
     def wrk(seconds):
@@ -441,9 +450,12 @@ def run_wrk(port, tls, duration, pids_of, conns, threads):
     # warm-up: connections and pools filled, not measured
     subprocess.run(wrk(2), capture_output=True, timeout=60)
     pids = pids_of()
-    ticks0 = sum(cpu_ticks(p) for p in pids)
+    user0, sys0 = sum_ticks(pids)
+    load0 = sum(sum_ticks(load_pids))
+    busy0 = busy_jiffies()
     t0 = time.time()
     wrk = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wrk_ticks = (0, 0)
     peak_rss = peak_pss = 0
     while wrk.poll() is None:
         time.sleep(0.5)
@@ -455,16 +467,48 @@ def run_wrk(port, tls, duration, pids_of, conns, threads):
             rss += m.get("Rss", 0)
             pss += m.get("Pss", 0)
         peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+        wrk_ticks = cpu_ticks(wrk.pid) if wrk.poll() is None else wrk_ticks
     out = wrk.stdout.read()
+    busy1 = busy_jiffies()
+    load1 = sum(sum_ticks(load_pids))
     elapsed = time.time() - t0
-    ticks = sum(cpu_ticks(p) for p in pids_of()) - ticks0
+    user1, sys1 = sum_ticks(pids_of())
     res = parse_wrk(out)
-    cpu_s = ticks / os.sysconf("SC_CLK_TCK")
-    res.update(rss_kb=peak_rss, pss_kb=peak_pss, cpu=cpu_s / elapsed)
+    hz = os.sysconf("SC_CLK_TCK")
+    user_s, sys_s = (user1 - user0) / hz, (sys1 - sys0) / hz
+    res.update(rss_kb=peak_rss, pss_kb=peak_pss, cpu=(user_s + sys_s) / elapsed)
     requests = res["rps"] * duration
-    res["us_req"] = cpu_s * 1e6 / requests if requests > 0 else float("nan")
+    per_req = (lambda x: x * 1e6 / requests) if requests > 0 else (lambda x: float("nan"))
+    res["us_req"] = per_req(user_s + sys_s)
+    res["us_req_user"] = per_req(user_s)
+    res["us_req_sys"] = per_req(sys_s)
+    # CPU the rest of the machine used meanwhile (not the proxy, wrk or the upstream):
+    # other sessions' builds and the like, which disturb the figures.
+    ours = (user1 - user0) + (sys1 - sys0) + (load1 - load0) + sum(wrk_ticks)
+    res["others"] = max(0.0, (busy1 - busy0 - ours) / hz / elapsed)
     res["raw"] = out
     return res
+
+
+def busy_jiffies():
+    """Busy time of all CPUs (user+nice+system+irq+softirq+steal), in clock ticks."""
+    line = (read("/proc/stat", "r") or "cpu 0 0 0 0").splitlines()[0].split()
+    f = [int(x) for x in line[1:9]]
+    return f[0] + f[1] + f[2] + f[5] + f[6] + f[7]
+
+
+def wait_quiet(max_wait, limit=0.15):
+    """Waits (up to `max_wait` s) until the machine's other work uses less than `limit`
+    of a CPU over one second. Returns the cores other work used in the last sample."""
+    deadline = time.time() + max_wait
+    hz = os.sysconf("SC_CLK_TCK")
+    while True:
+        b0 = busy_jiffies()
+        time.sleep(1.0)
+        others = (busy_jiffies() - b0) / hz
+        if others < limit or time.time() >= deadline:
+            return others
+        time.sleep(1.0)
 
 
 def loadavg():
@@ -496,6 +540,7 @@ def bench(args):
                                env_extra={"BERTH_LOG": "warn"})
         wait_port(ports["berth"][0])
         up_port, up_pid = wait_upstream(berth, conf)
+        upstream_pids = [up_pid] + descendants(up_pid) if up_pid else []
         if args.berth_b:
             # Another berth build for A/B runs; it supervises its own (identical) upstream.
             conf_b = berth_conf(work, *ports["berth-b"], cert, key, tag, (base + 10, base + 19),
@@ -539,14 +584,17 @@ def bench(args):
             for mode in ("plain", "tls"):
                 for name in rot:
                     port = ports[name][0 if mode == "plain" else 1]
+                    quiet = wait_quiet(args.quiet_wait) if args.quiet_wait > 0 else None
                     r = run_wrk(port, mode == "tls", args.duration,
                                 lambda n=name: proxy_pids(n, procs[n]),
-                                args.connections, args.threads)
+                                args.connections, args.threads, upstream_pids)
+                    r["quiet_before"] = quiet
                     r["bad"] = r["errors"] + r["non2xx"]
                     r["load"] = loadavg()
                     results[name][mode].append(r)
-                    print(f"round {rnd + 1} {mode:<5} {fmt_row(name, r).strip()}  (load {r['load']})",
-                          flush=True)
+                    print(f"round {rnd + 1} {mode:<5} {fmt_row(name, r).strip()}  "
+                          f"(user {r['us_req_user']:.1f} + sys {r['us_req_sys']:.1f} us/req; "
+                          f"other work {r['others']:.2f} CPU; load {r['load']})", flush=True)
                     if args.verbose:
                         print(r["raw"])
         return report(results, args)
@@ -585,6 +633,16 @@ def report(results, args):
         if not all(n in med for n in ("berth", "nginx", "haproxy")):
             continue
         b, n, h = med["berth"], med["nginx"], med["haproxy"]
+        # Paired within each round (the three ran within a minute of each other), so that
+        # slow swings of the machine's other work cancel out.
+        pairs = list(zip(results["berth"][mode], results["nginx"][mode], results["haproxy"][mode]))
+        r_n = statistics.median(rb["rps"] / rn["rps"] for rb, rn, _ in pairs)
+        r_h = statistics.median(rb["rps"] / rh["rps"] for rb, _, rh in pairs)
+        p99_best = statistics.median(rb["p99"] / min(rn["p99"], rh["p99"]) for rb, rn, rh in pairs)
+        others = statistics.median(r["others"] for rs in pairs for r in rs)
+        print(f"  per-round ratios (median): req/s berth/nginx {r_n:.2f}x, berth/haproxy "
+              f"{r_h:.2f}x; p99 berth/best {p99_best:.2f}x; other work on the machine "
+              f"{others:.2f} CPU (median over runs)")
         checks = [
             (f"req/s  berth/nginx   {b['rps'] / n['rps']:.2f}x  (target >= 1.20)", b["rps"] >= 1.2 * n["rps"]),
             (f"req/s  berth/haproxy {b['rps'] / h['rps']:.2f}x  (target >= 1.00)", b["rps"] >= h["rps"]),
@@ -625,6 +683,9 @@ def main():
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--only", default="berth,nginx,haproxy")
     b.add_argument("--json")
+    b.add_argument("--quiet-wait", type=float, default=60,
+                   help="before each run, wait up to this many seconds for other work on "
+                        "the machine to use < 0.15 CPU (0: don't wait)")
     b.add_argument("--strict", action="store_true")
     b.add_argument("--verbose", action="store_true")
     c = sub.add_parser("cleanup")
