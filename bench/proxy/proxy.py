@@ -541,6 +541,7 @@ def bench(args):
         wait_port(ports["berth"][0])
         up_port, up_pid = wait_upstream(berth, conf)
         upstream_pids = [up_pid] + descendants(up_pid) if up_pid else []
+        upstream_b = []
         if args.berth_b:
             # Another berth build for A/B runs; it supervises its own (identical) upstream.
             conf_b = berth_conf(work, *ports["berth-b"], cert, key, tag, (base + 10, base + 19),
@@ -548,7 +549,8 @@ def bench(args):
             procs["berth-b"] = spawn([args.berth_b, "up", "-c", conf_b], tag, logs,
                                      cpu=PROXY_CPU, env_extra={"BERTH_LOG": "warn"})
             wait_port(ports["berth-b"][0])
-            wait_upstream(args.berth_b, conf_b)
+            _, up_pid_b = wait_upstream(args.berth_b, conf_b)
+            upstream_b = [up_pid_b] + descendants(up_pid_b) if up_pid_b else []
         procs["nginx"] = spawn(nginx_conf(work, *ports["nginx"], cert, key, up_port), tag, logs,
                                cpu=PROXY_CPU)
         procs["haproxy"] = spawn(haproxy_conf(work, *ports["haproxy"], both, up_port), tag, logs,
@@ -587,7 +589,8 @@ def bench(args):
                     quiet = wait_quiet(args.quiet_wait) if args.quiet_wait > 0 else None
                     r = run_wrk(port, mode == "tls", args.duration,
                                 lambda n=name: proxy_pids(n, procs[n]),
-                                args.connections, args.threads, upstream_pids)
+                                args.connections, args.threads,
+                                upstream_b if name == "berth-b" else upstream_pids)
                     r["quiet_before"] = quiet
                     r["bad"] = r["errors"] + r["non2xx"]
                     r["load"] = loadavg()

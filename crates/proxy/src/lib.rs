@@ -11,7 +11,9 @@
 //! - `tls`: certificate loading, the SNI resolver, [`check_certificates`].
 //! - `routes`: compiles a [`RouteTable`] into host/path lookup maps.
 //! - `balance`: round-robin / least-connections choice and ejection of refusing backends.
-//! - `upstream`: per-backend state and the keep-alive connection pool.
+//! - `upstream`: per-backend state and the keep-alive connection pools.
+//! - `h1`: the HTTP/1.1 client that forwards bodiless requests inside the request's task
+//!   (hyper's client, one task per connection, carries the rest).
 //! - `forward`: the request handler (rules, redirects, limits, forwarding, upgrades).
 //! - `headers`: hop-by-hop stripping, `X-Forwarded-*`, client address resolution.
 //! - `body`: request/response body wrappers (size limits, accounting on completion).
@@ -19,7 +21,7 @@
 //! - `metrics`: per-service counters and histograms in Prometheus text format.
 //!
 //! **Invariant:** the request path takes no lock: routes and config are `arc-swap`
-//! snapshots, counters are atomics; the only mutex guards a backend's idle-connection list.
+//! snapshots, counters are atomics; the only mutexes guard a backend's idle-connection lists.
 #![forbid(unsafe_code)]
 
 mod access_log;
