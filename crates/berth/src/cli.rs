@@ -138,8 +138,11 @@ pub fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
     }
+    // One worker per CPU berth may run on (affinity and cgroup quotas included), like
+    // nginx's `worker_processes auto`: extra workers time-sharing a CPU only add latency.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
     {
