@@ -11,12 +11,13 @@ const ONE: &str = "[services.web]\ncommand = [\"{app}\"]\ndomains = [\"web.test\
 /// One request over the unix socket; returns (status, body).
 fn unix(b: &Berth, method: &str, path: &str, body: &str, content_type: &str) -> (u16, String) {
     let mut s = UnixStream::connect(b.data_dir().join("berth.sock")).unwrap();
-    write!(
+    // berth may answer (e.g. 400 for a wrong content type) and close before the body is
+    // written; the answer is what the test checks, so a failed write is not an error.
+    let _ = write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: berth\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    )
-    .unwrap();
+    );
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let status = out.split(' ').nth(1).unwrap().parse().unwrap();
