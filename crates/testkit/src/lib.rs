@@ -47,14 +47,19 @@ pub fn free_port() -> u16 {
         .expect("no free port")
 }
 
-/// A range of `len` ports for one test's instances, disjoint from other tests of this
-/// process and spread across processes by pid.
+/// A range of `len` ports for one test's instances: disjoint from other tests of this
+/// process, spread across processes by pid, and always below the kernel's ephemeral
+/// range (32768+), where [`free_port`] and outgoing connections take their ports — so a
+/// proxy port that is briefly free (berth restarting) is never handed to an instance.
 pub fn port_range(len: u16) -> (u16, u16) {
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000; // 20000..32000
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let slot = NEXT.fetch_add(1, Ordering::Relaxed);
-    let base = 21_000 + (std::process::id() % 97) * 300 + slot * u32::from(len);
-    let base = 21_000 + (base - 21_000) % 40_000;
-    (base as u16, (base + u32::from(len) - 1) as u16)
+    let len = u32::from(len);
+    let offset = ((std::process::id() % 20) * 600 + slot * len) % (SPAN - len);
+    let base = LOW + offset;
+    (base as u16, (base + len - 1) as u16)
 }
 
 /// A unique tag for one test; processes started with `BERTH_TEST_TAG=<tag>` in their
