@@ -126,7 +126,7 @@ impl Conn {
         loop {
             if !self.buf.is_empty() {
                 got_bytes = true;
-                if let Some((head, framing, reusable)) = self.parse_head(head_request)? {
+                if let Some((head, framing, reusable)) = parse_head(&mut self.buf, head_request)? {
                     let body = Body {
                         conn: Some(self),
                         framing,
@@ -156,55 +156,55 @@ impl Conn {
             }
         }
     }
+}
 
-    /// Parses a complete response head at the front of the buffer, skipping 1xx heads.
-    /// `None`: more bytes are needed.
-    fn parse_head(
-        &mut self,
-        head_request: bool,
-    ) -> Result<Option<(Head, Framing, bool)>, SendError> {
-        loop {
-            if self.buf.is_empty() {
-                return Ok(None);
+/// Parses a complete response head at the front of the buffer, skipping 1xx heads.
+/// `None`: more bytes are needed.
+fn parse_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<Option<(Head, Framing, bool)>, SendError> {
+    loop {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let Some(len) = head_len(buf) else {
+            return Ok(None);
+        };
+        let head = buf.split_to(len).freeze();
+        let (code, http10, mut headers, hop) = parse_fields(&head)?;
+        for name in hop.named {
+            headers.remove(name);
+        }
+        let status =
+            StatusCode::from_u16(code).map_err(|_| SendError::Bad(format!("status {code}")))?;
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(SendError::Bad("unexpected 101".into()));
             }
-            let Some(len) = head_len(&self.buf) else {
-                return Ok(None);
-            };
-            let head = self.buf.split_to(len).freeze();
-            let (code, http10, mut headers, hop) = parse_fields(&head)?;
-            for name in hop.named {
-                headers.remove(name);
-            }
-            let status =
-                StatusCode::from_u16(code).map_err(|_| SendError::Bad(format!("status {code}")))?;
-            if status.is_informational() {
-                if status == StatusCode::SWITCHING_PROTOCOLS {
-                    return Err(SendError::Bad("unexpected 101".into()));
-                }
-                continue;
-            }
-            let framing = if head_request
-                || status == StatusCode::NO_CONTENT
-                || status == StatusCode::NOT_MODIFIED
-            {
-                Framing::Length(0)
-            } else if let Some(chunked) = hop.transfer_encoding {
-                // Chunked as the final coding, else (or with a Content-Length as well)
-                // read to the end of the connection.
-                if chunked && !headers.contains_key(header::CONTENT_LENGTH) {
-                    Framing::Chunked(Chunk::Size)
-                } else {
-                    Framing::Eof
-                }
-            } else if headers.contains_key(header::CONTENT_LENGTH) {
-                Framing::Length(content_length(&headers)?)
+            continue;
+        }
+        let framing = if head_request
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            Framing::Length(0)
+        } else if let Some(chunked) = hop.transfer_encoding {
+            // Chunked as the final coding, else (or with a Content-Length as well)
+            // read to the end of the connection.
+            if chunked && !headers.contains_key(header::CONTENT_LENGTH) {
+                Framing::Chunked(Chunk::Size)
             } else {
                 Framing::Eof
-            };
-            let keep_alive = if http10 { hop.keep_alive } else { !hop.close };
-            let reusable = keep_alive && !matches!(framing, Framing::Eof);
-            return Ok(Some((Head { status, headers }, framing, reusable)));
-        }
+            }
+        } else if headers.contains_key(header::CONTENT_LENGTH) {
+            Framing::Length(content_length(&headers)?)
+        } else {
+            Framing::Eof
+        };
+        let keep_alive = if http10 { hop.keep_alive } else { !hop.close };
+        let reusable = keep_alive && !matches!(framing, Framing::Eof);
+        return Ok(Some((Head { status, headers }, framing, reusable)));
     }
 }
 
@@ -410,22 +410,6 @@ impl Body {
         Poll::Ready(Ok(n > 0))
     }
 
-    /// Takes one CRLF-terminated line off the buffer (without the CRLF).
-    fn line(conn: &mut Conn) -> io::Result<Option<Bytes>> {
-        match conn.buf.iter().position(|&b| b == b'\n') {
-            Some(end) => {
-                let mut line = conn.buf.split_to(end + 1).freeze();
-                line.truncate(end);
-                if line.last() == Some(&b'\r') {
-                    line.truncate(end - 1);
-                }
-                Ok(Some(line))
-            }
-            None if conn.buf.len() > MAX_LINE => Err(bad_data("chunk line too long")),
-            None => Ok(None),
-        }
-    }
-
     /// The next data frame; after an error the connection is closed and the body ends.
     pub(crate) fn poll_frame(
         &mut self,
@@ -443,79 +427,191 @@ impl Body {
             return Poll::Ready(None);
         };
         loop {
-            match self.framing {
-                Framing::Done | Framing::Length(0) => {
-                    self.framing = Framing::Done;
-                    return Poll::Ready(None);
-                }
-                Framing::Length(left) => {
-                    if conn.buf.is_empty() && !ready!(Self::fill(conn, cx))? {
-                        return Poll::Ready(Some(Err(io::ErrorKind::UnexpectedEof.into())));
+            match decode(&mut self.framing, &mut conn.buf)? {
+                Step::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Step::End => return Poll::Ready(None),
+                Step::More => {
+                    if !ready!(Self::fill(conn, cx))? {
+                        return Poll::Ready(end_of_stream(&mut self.framing).err().map(Err));
                     }
-                    let take = (conn.buf.len() as u64).min(left) as usize;
-                    self.framing = Framing::Length(left - take as u64);
-                    if self.framing == Framing::Length(0) {
-                        self.framing = Framing::Done;
-                    }
-                    let data = conn.buf.split_to(take).freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Framing::Eof => {
-                    if conn.buf.is_empty() && !ready!(Self::fill(conn, cx))? {
-                        self.framing = Framing::Done;
-                        return Poll::Ready(None);
-                    }
-                    let data = conn.buf.split().freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Framing::Chunked(Chunk::Data(left)) => {
-                    if conn.buf.is_empty() && !ready!(Self::fill(conn, cx))? {
-                        return Poll::Ready(Some(Err(io::ErrorKind::UnexpectedEof.into())));
-                    }
-                    let take = (conn.buf.len() as u64).min(left) as usize;
-                    let left = left - take as u64;
-                    self.framing = Framing::Chunked(if left == 0 {
-                        Chunk::DataEnd
-                    } else {
-                        Chunk::Data(left)
-                    });
-                    let data = conn.buf.split_to(take).freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Framing::Chunked(state) => {
-                    let Some(line) = Self::line(conn)? else {
-                        if !ready!(Self::fill(conn, cx))? {
-                            return Poll::Ready(Some(Err(io::ErrorKind::UnexpectedEof.into())));
-                        }
-                        continue;
-                    };
-                    self.framing = match state {
-                        Chunk::Size => {
-                            let digits = line
-                                .split(|&b| b == b';')
-                                .next()
-                                .unwrap_or_default()
-                                .trim_ascii();
-                            let size = std::str::from_utf8(digits)
-                                .ok()
-                                .filter(|s| !s.is_empty() && s.len() <= 16)
-                                .and_then(|s| u64::from_str_radix(s, 16).ok())
-                                .ok_or_else(|| bad_data("bad chunk size"))?;
-                            Framing::Chunked(if size == 0 {
-                                Chunk::Trailers
-                            } else {
-                                Chunk::Data(size)
-                            })
-                        }
-                        Chunk::DataEnd if line.is_empty() => Framing::Chunked(Chunk::Size),
-                        Chunk::DataEnd => return Poll::Ready(Some(Err(bad_data("bad chunk end")))),
-                        Chunk::Trailers if line.is_empty() => Framing::Done,
-                        Chunk::Trailers | Chunk::Data(_) => Framing::Chunked(Chunk::Trailers),
-                    };
                 }
             }
         }
     }
+}
+
+/// What [`decode`] made of the buffered bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// The next piece of the body.
+    Data(Bytes),
+    /// More bytes are needed from the connection.
+    More,
+    /// The body is complete.
+    End,
+}
+
+/// Takes the next piece of a body delimited by `framing` off the front of `buf`. Pure:
+/// the caller reads the connection when it answers [`Step::More`], and calls
+/// [`end_of_stream`] when the connection has nothing more.
+fn decode(framing: &mut Framing, buf: &mut BytesMut) -> io::Result<Step> {
+    loop {
+        match *framing {
+            Framing::Done | Framing::Length(0) => {
+                *framing = Framing::Done;
+                return Ok(Step::End);
+            }
+            Framing::Length(_) | Framing::Eof | Framing::Chunked(Chunk::Data(_))
+                if buf.is_empty() =>
+            {
+                return Ok(Step::More);
+            }
+            Framing::Length(left) => {
+                let take = (buf.len() as u64).min(left) as usize;
+                *framing = match left - take as u64 {
+                    0 => Framing::Done,
+                    left => Framing::Length(left),
+                };
+                return Ok(Step::Data(buf.split_to(take).freeze()));
+            }
+            Framing::Eof => return Ok(Step::Data(buf.split().freeze())),
+            Framing::Chunked(Chunk::Data(left)) => {
+                let take = (buf.len() as u64).min(left) as usize;
+                *framing = Framing::Chunked(match left - take as u64 {
+                    0 => Chunk::DataEnd,
+                    left => Chunk::Data(left),
+                });
+                return Ok(Step::Data(buf.split_to(take).freeze()));
+            }
+            Framing::Chunked(state) => {
+                let Some(line) = take_line(buf)? else {
+                    return Ok(Step::More);
+                };
+                *framing = match state {
+                    Chunk::Size => {
+                        let digits = line
+                            .split(|&b| b == b';')
+                            .next()
+                            .unwrap_or_default()
+                            .trim_ascii();
+                        let size = std::str::from_utf8(digits)
+                            .ok()
+                            .filter(|s| !s.is_empty() && s.len() <= 16)
+                            .and_then(|s| u64::from_str_radix(s, 16).ok())
+                            .ok_or_else(|| bad_data("bad chunk size"))?;
+                        Framing::Chunked(if size == 0 {
+                            Chunk::Trailers
+                        } else {
+                            Chunk::Data(size)
+                        })
+                    }
+                    Chunk::DataEnd if line.is_empty() => Framing::Chunked(Chunk::Size),
+                    Chunk::DataEnd => return Err(bad_data("bad chunk end")),
+                    Chunk::Trailers if line.is_empty() => Framing::Done,
+                    Chunk::Trailers | Chunk::Data(_) => Framing::Chunked(Chunk::Trailers),
+                };
+            }
+        }
+    }
+}
+
+/// The connection ended while [`decode`] wanted more: the end of a body read to the
+/// close, else a body cut short.
+fn end_of_stream(framing: &mut Framing) -> io::Result<()> {
+    if *framing == Framing::Eof {
+        *framing = Framing::Done;
+        Ok(())
+    } else {
+        Err(io::ErrorKind::UnexpectedEof.into())
+    }
+}
+
+/// Takes one LF-terminated line off the buffer (without the CRLF or LF).
+fn take_line(buf: &mut BytesMut) -> io::Result<Option<Bytes>> {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(end) => {
+            let mut line = buf.split_to(end + 1).freeze();
+            line.truncate(end);
+            if line.last() == Some(&b'\r') {
+                line.truncate(end - 1);
+            }
+            Ok(Some(line))
+        }
+        None if buf.len() > MAX_LINE => Err(bad_data("chunk line too long")),
+        None => Ok(None),
+    }
+}
+
+/// For the fuzz target: `data[0]` picks the request method (odd: HEAD) and a piece
+/// size; the rest is read as an instance's response, once whole and once arriving in
+/// pieces. Never panics; both readings agree; a body never exceeds its declared length.
+#[doc(hidden)]
+pub fn fuzz_response(data: &[u8]) {
+    let Some((&control, response)) = data.split_first() else {
+        return;
+    };
+    let head_request = control & 1 == 1;
+    let piece = usize::from(control >> 1).max(1);
+    let whole = read_response(response, response.len().max(1), head_request);
+    let pieces = read_response(response, piece, head_request);
+    // Size limits (head, chunk lines) depend on how much is buffered at once.
+    if response.len() <= MAX_LINE {
+        assert_eq!(whole, pieces);
+    }
+}
+
+/// Status, body and whether the body ended cleanly, or the error's text; bytes arrive
+/// `piece` at a time as [`Conn::send`] and [`Body::poll_frame`] would read them.
+fn read_response(
+    response: &[u8],
+    piece: usize,
+    head_request: bool,
+) -> Result<(u16, Vec<u8>), String> {
+    let mut chunks = response.chunks(piece);
+    let mut buf = BytesMut::new();
+    let (head, mut framing) = loop {
+        if !buf.is_empty()
+            && let Some((head, framing, _)) =
+                parse_head(&mut buf, head_request).map_err(|e| e.to_string())?
+        {
+            break (head, framing);
+        }
+        match chunks.next() {
+            Some(c) => buf.extend_from_slice(c),
+            None => return Err("closed in the head".into()),
+        }
+    };
+    let declared = match framing {
+        Framing::Length(n) => Some(n),
+        _ => None,
+    };
+    let mut body = Vec::new();
+    loop {
+        match decode(&mut framing, &mut buf).map_err(|e| e.to_string())? {
+            Step::Data(data) => {
+                assert!(!data.is_empty(), "empty data frame");
+                body.extend_from_slice(&data);
+            }
+            Step::End => break,
+            Step::More => match chunks.next() {
+                Some(c) => buf.extend_from_slice(c),
+                None => {
+                    end_of_stream(&mut framing).map_err(|e| e.to_string())?;
+                    break;
+                }
+            },
+        }
+        if let Some(n) = declared {
+            assert!(
+                body.len() as u64 <= n,
+                "body longer than its Content-Length"
+            );
+        }
+    }
+    if let Some(n) = declared {
+        assert_eq!(body.len() as u64, n, "body shorter than its Content-Length");
+    }
+    Ok((head.status.as_u16(), body))
 }
 
 #[cfg(test)]
@@ -719,6 +815,42 @@ mod tests {
         assert_eq!(hop.named, [HeaderName::from_static("x-secret")]);
         assert!(hop.keep_alive && !hop.close);
         assert_eq!(hop.transfer_encoding, Some(true));
+    }
+
+    #[test]
+    fn responses_read_the_same_in_any_pieces() {
+        // (response, to a HEAD request, status and body or an error)
+        type Case = (&'static [u8], bool, Result<(u16, &'static [u8]), ()>);
+        let cases: [Case; 7] = [
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false, Ok((200, b"hello"))),
+            (
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n1;x=y\r\nd\r\n0\r\nT: 1\r\n\r\n",
+                false,
+                Ok((200, b"abcd")),
+            ),
+            (b"HTTP/1.1 200 OK\r\n\r\nto the close", false, Ok((200, b"to the close"))),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true, Ok((200, b""))),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel", false, Err(())),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", false, Err(())),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX", false, Err(())),
+        ];
+        for (response, head_request, want) in cases {
+            for piece in 1..=response.len() {
+                let got = read_response(response, piece, head_request);
+                let shown = String::from_utf8_lossy(response);
+                match want {
+                    Ok((status, body)) => {
+                        assert_eq!(
+                            got,
+                            Ok((status, body.to_vec())),
+                            "{shown} in pieces of {piece}"
+                        );
+                    }
+                    Err(()) => assert!(got.is_err(), "{shown} in pieces of {piece}: {got:?}"),
+                }
+            }
+            fuzz_response(&[&[u8::from(head_request) | 6][..], response].concat());
+        }
     }
 
     #[test]

@@ -404,6 +404,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Entry points for the fuzz targets in `fuzz/`; not part of the API.
 #[doc(hidden)]
 pub mod fuzzing {
+    pub use crate::h1::fuzz_response;
     pub use crate::headers::fuzz_request_head;
     pub use crate::routes::fuzz_route;
 }

@@ -147,3 +147,52 @@ fn check_certificates_reports_problems() {
     assert!(problems[1].contains("does not match"), "{}", problems[1]);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_get_a_goaway() {
+    let dir = temp_dir("h2-idle");
+    let c = cert(&dir, "web", &["web.test"]);
+    let web = upstream("web").await;
+    let mut cfg = config();
+    cfg.https = Some("127.0.0.1:0".parse().expect("addr"));
+    cfg.certificates = vec![(c.cert.clone(), c.key.clone())];
+    cfg.idle_timeout = std::time::Duration::from_millis(800);
+    let (proxy, _) = start(cfg, table(vec![service("web", &["web.test"], &[&web])])).await;
+    let addr = proxy.local_addrs().1.expect("https");
+
+    let stream = tls_connect(addr, Some("web.test"), &[b"h2"]).await;
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let h2_get = || {
+        Request::get("https://web.test/sleep/200")
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    };
+    // A connection in use (a request every ~200 ms) is kept past the idle timeout...
+    let busy_until = std::time::Instant::now() + 3 * std::time::Duration::from_millis(800);
+    while std::time::Instant::now() < busy_until {
+        let resp = tokio::time::timeout(WAIT, tx.send_request(h2_get()))
+            .await
+            .expect("in time")
+            .expect("a busy connection stays open");
+        assert_eq!(collect(resp).await.status, 200);
+    }
+    assert!(!conn.is_finished(), "busy connection closed");
+    // ...and one left idle is closed by the proxy with a GOAWAY (a clean end for the
+    // client, not a reset).
+    let ended = tokio::time::timeout(WAIT, conn)
+        .await
+        .expect("idle connection closed by the proxy")
+        .expect("join");
+    assert!(ended.is_ok(), "closed cleanly: {ended:?}");
+    assert!(
+        tx.send_request(h2_get()).await.is_err(),
+        "no new stream after the GOAWAY"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
