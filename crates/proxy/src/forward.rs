@@ -102,16 +102,17 @@ fn decide(ctx: &ConnCtx, req: &Request<Incoming>, start: Instant) -> Decision {
         };
         (log.clone(), record)
     });
-    let raw_host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .unwrap_or("");
+    let raw_host = match request_host(req) {
+        Ok(raw) => raw,
+        Err(why) => {
+            let mut resp = local(None, log, start, StatusCode::BAD_REQUEST, why);
+            if req.version() < Version::HTTP_2 {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            return Decision::Respond(resp);
+        }
+    };
     let host = normalize_host(raw_host);
     let routes = shared.routes.load();
     let Some(service) = routes.lookup(&host, req.uri().path()) else {
@@ -198,6 +199,77 @@ fn decide(ctx: &ConnCtx, req: &Request<Incoming>, start: Instant) -> Decision {
         },
         log,
     )
+}
+
+/// The host a request is for, as sent: the request target's authority (absolute form,
+/// or `:authority` on HTTP/2) over `Host`. Refused as RFC 9112 3.2 says: more than one
+/// `Host`, none on an HTTP/1.1 request, or one that is not `host[:port]`.
+fn request_host(req: &Request<Incoming>) -> Result<&str, &'static str> {
+    let mut fields = req.headers().get_all(header::HOST).iter();
+    let field = fields.next();
+    if fields.next().is_some() {
+        return Err("more than one Host header\n");
+    }
+    let raw = match (req.uri().authority(), field) {
+        (Some(authority), _) => authority.as_str(),
+        (None, Some(field)) => field.to_str().map_err(|_| "bad Host header\n")?,
+        (None, None) if req.version() == Version::HTTP_11 => {
+            return Err("missing Host header\n");
+        }
+        (None, None) => "",
+    };
+    if is_host_value(raw) {
+        Ok(raw)
+    } else {
+        Err("bad Host header\n")
+    }
+}
+
+/// `uri-host [":" port]` (RFC 9110 7.2): a registered name or IPv4 address (unreserved,
+/// percent-encoded and sub-delimiter characters), or an IP literal in brackets; no user
+/// info, path or white space. Empty is allowed (a request target without authority).
+fn is_host_value(raw: &str) -> bool {
+    let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
+        let Some((literal, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if literal.is_empty()
+            || !literal
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        {
+            return false;
+        }
+        match after.strip_prefix(':') {
+            Some(port) => ("", port),
+            None if after.is_empty() => ("", ""),
+            None => return false,
+        }
+    } else {
+        raw.split_once(':').unwrap_or((raw, ""))
+    };
+    let name_ok = host.bytes().all(|b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    });
+    name_ok && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn no_backend(service: &Service, log: LogCtx, start: Instant) -> Response<RespBody> {
@@ -301,12 +373,11 @@ async fn forward(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
 
-    let host = match parts.headers.get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    // As routed (`request_host`): the authority of an absolute-form or HTTP/2 request
+    // replaces any `Host` the client sent.
+    let host = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
     };
     let from_h2 = parts.version == Version::HTTP_2;
     if from_h2 {
@@ -328,9 +399,7 @@ async fn forward(
 
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     parts.headers.remove(header::EXPECT);
-    if let Some(h) = &host
-        && !parts.headers.contains_key(header::HOST)
-    {
+    if let Some(h) = &host {
         parts.headers.insert(header::HOST, h.clone());
     }
     parts.headers.reserve(6);

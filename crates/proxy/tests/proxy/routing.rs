@@ -58,3 +58,54 @@ async fn unmatched_host_without_default_is_404() {
             .contains("berth_proxy_unrouted_requests_total 2")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_header_rules() {
+    let web = upstream("web").await;
+    let other = upstream("other").await;
+    let mut fallback = service("fallback", &[], &[&web]);
+    fallback.default = true;
+    let (_proxy, addr) = start(
+        config(),
+        table(vec![service("other", &["other.test"], &[&other]), fallback]),
+    )
+    .await;
+    // RFC 9112 3.2: one Host, required on HTTP/1.1, and a valid one; 400 otherwise.
+    let refused: [&[u8]; 6] = [
+        b"GET / HTTP/1.1\r\nHost: web.test\r\nHost: other.test\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: web.test/x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: user@other.test\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: other.test:80x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
+    ];
+    for head in refused {
+        let raw = raw_exchange(addr, head).await;
+        assert_eq!(raw_status(&raw), 400, "{}", String::from_utf8_lossy(head));
+    }
+    assert_eq!(web.accepted.load(std::sync::atomic::Ordering::Relaxed), 0);
+
+    // HTTP/1.0 may leave Host out: the default service answers.
+    let raw = raw_exchange(addr, b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+    assert!(raw.contains("upstream=web"), "{raw}");
+    // IP literals and ports are hosts too.
+    for host in ["[::1]:8080", "127.0.0.1", "other.test:"] {
+        let raw = raw_exchange(
+            addr,
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(raw_status(&raw), 200, "Host: {host}: {raw}");
+    }
+    // An absolute-form target names the host; the upstream sees that one, not the
+    // Host field the client sent with it.
+    let raw = raw_exchange(
+        addr,
+        b"GET http://other.test/abs HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&raw), 200, "{raw}");
+    assert!(raw.contains("upstream=other"), "{raw}");
+    assert!(raw.contains("h:host=other.test\n"), "{raw}");
+}
