@@ -270,10 +270,9 @@ async fn serve_http<I>(
             .header_read_timeout(header_timeout.min(idle_timeout))
             .max_header_size(max_header)
             .max_buf_size(DEFAULT_MAX_BUF.max(max_header.saturating_add(8192)));
-        if https {
-            // One flat buffer per write: one TLS record instead of one per slice.
-            builder.writev(false);
-        }
+        // One flat buffer per write: one TLS record instead of one per slice, and a
+        // plain `send` instead of `writev`.
+        builder.writev(false);
         let conn = builder.serve_connection(io, service).with_upgrades();
         drive!(conn, shared, None);
     }
