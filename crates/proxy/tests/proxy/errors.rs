@@ -82,7 +82,7 @@ async fn unreachable_backend_is_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_pooled_and_stale_ones_replaced() {
     use std::sync::atomic::Ordering;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     let web = upstream("web").await;
     let (_proxy, addr) = start(
@@ -107,25 +107,15 @@ async fn upstream_connections_are_pooled_and_stale_ones_replaced() {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
+                if read_request(&mut s, &mut Vec::new()).await.is_some() {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nonce")
+                        .await;
                 }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nonce")
-                    .await;
             });
         }
     });
-    let mut route = service("once", &["once.test"], &[]);
-    route.backends.push(Backend {
-        instance: "once".into(),
-        addr: once_addr,
-    });
+    let route = service_at("once", "once.test", once_addr);
     let (_proxy, addr) = start(config(), table(vec![route])).await;
     for _ in 0..10 {
         let got = fetch(addr, "once.test", "/").await;
@@ -142,7 +132,7 @@ type Log = std::sync::Arc<std::sync::Mutex<Vec<(usize, String, String)>>>;
 /// keep-alive timeout fires just as a request arrives does). `/cut` is answered with
 /// half of its declared body, then the connection closes.
 async fn closes_pooled_connections() -> (SocketAddr, Log) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -156,37 +146,14 @@ async fn closes_pooled_connections() -> (SocketAddr, Log) {
             conns += 1;
             let (conn, seen) = (conns, seen.clone());
             tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = vec![0u8; 4096];
+                let mut pending = Vec::new();
                 for nth in 1.. {
-                    let end = loop {
-                        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
+                    let Some(head) = read_request(&mut s, &mut pending).await else {
+                        return;
                     };
-                    let head = String::from_utf8_lossy(&got[..end]).into_owned();
                     let mut words = head.split_whitespace();
-                    let method = words.next().unwrap_or_default().to_owned();
+                    let method = words.next().unwrap_or_default().to_ascii_uppercase();
                     let path = words.next().unwrap_or_default().to_owned();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    while got.len() < end + length {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    got.drain(..end + length);
                     seen.lock().expect("log").push((conn, method, path.clone()));
                     if path == "/cut" {
                         let _ = s
@@ -210,12 +177,11 @@ async fn closes_pooled_connections() -> (SocketAddr, Log) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pooled_connection_dying_mid_request() {
     let (backend, log) = closes_pooled_connections().await;
-    let mut route = service("web", &["web.test"], &[]);
-    route.backends.push(Backend {
-        instance: "web".into(),
-        addr: backend,
-    });
-    let (_proxy, addr) = start(config(), table(vec![route])).await;
+    let (_proxy, addr) = start(
+        config(),
+        table(vec![service_at("web", "web.test", backend)]),
+    )
+    .await;
     let count = |path: &str| {
         log.lock()
             .expect("log")

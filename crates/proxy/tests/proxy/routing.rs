@@ -71,18 +71,19 @@ async fn host_header_rules() {
     )
     .await;
     // RFC 9112 3.2: one Host, required on HTTP/1.1, and a valid one; 400 otherwise.
-    let refused: [&[u8]; 6] = [
-        b"GET / HTTP/1.1\r\nHost: web.test\r\nHost: other.test\r\n\r\n",
-        b"GET / HTTP/1.1\r\n\r\n",
-        b"GET / HTTP/1.1\r\nHost: web.test/x\r\n\r\n",
-        b"GET / HTTP/1.1\r\nHost: user@other.test\r\n\r\n",
-        b"GET / HTTP/1.1\r\nHost: other.test:80x\r\n\r\n",
-        b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
-    ];
-    for head in refused {
-        let raw = raw_exchange(addr, head).await;
-        assert_eq!(raw_status(&raw), 400, "{}", String::from_utf8_lossy(head));
-    }
+    assert_each_status(
+        addr,
+        &[
+            b"GET / HTTP/1.1\r\nHost: web.test\r\nHost: other.test\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: web.test/x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: user@other.test\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: other.test:80x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
+        ],
+        400,
+    )
+    .await;
     assert_eq!(web.accepted.load(std::sync::atomic::Ordering::Relaxed), 0);
 
     // HTTP/1.0 may leave Host out: the default service answers.

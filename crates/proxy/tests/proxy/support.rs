@@ -261,6 +261,78 @@ pub async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
     socket.connect(to).await.expect("connect")
 }
 
+/// A route to one backend that is not an [`Upstream`] (a scripted server).
+pub fn service_at(name: &str, host: &str, addr: SocketAddr) -> ServiceRoute {
+    let mut route = service(name, &[host], &[]);
+    route.backends.push(Backend {
+        instance: name.to_owned(),
+        addr,
+    });
+    route
+}
+
+/// Reads one request from a scripted server's connection: its head (lower-cased) once
+/// the body it declares (chunked first, else `Content-Length`) has arrived too. `None`
+/// when the connection ends first. `pending` keeps bytes read past the request.
+pub async fn read_request(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<String> {
+    async fn more(stream: &mut TcpStream, pending: &mut Vec<u8>) -> bool {
+        let mut buf = [0u8; 4096];
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                pending.extend_from_slice(&buf[..n]);
+                true
+            }
+        }
+    }
+    let end = loop {
+        if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if !more(stream, pending).await {
+            return None;
+        }
+    };
+    let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+    let body_end = if head.contains("transfer-encoding: chunked") {
+        loop {
+            if let Some(i) = pending[end..].windows(5).position(|w| w == b"0\r\n\r\n") {
+                break end + i + 5;
+            }
+            if !more(stream, pending).await {
+                return None;
+            }
+        }
+    } else {
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        while pending.len() < end + length {
+            if !more(stream, pending).await {
+                return None;
+            }
+        }
+        end + length
+    };
+    pending.drain(..body_end);
+    Some(head)
+}
+
+/// Sends each raw request on a connection of its own and asserts the proxy's status.
+pub async fn assert_each_status(addr: SocketAddr, requests: &[&[u8]], status: u16) {
+    for request in requests {
+        let raw = raw_exchange(addr, request).await;
+        assert_eq!(
+            raw_status(&raw),
+            status,
+            "{}",
+            String::from_utf8_lossy(request)
+        );
+    }
+}
+
 /// Writes `head` raw and reads until the peer closes (or `WAIT`).
 pub async fn raw_exchange(addr: SocketAddr, head: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
