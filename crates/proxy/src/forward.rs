@@ -430,13 +430,7 @@ async fn forward(
 
     loop {
         let Some(index) = balance::pick(service, tried) else {
-            return local(
-                Some(service),
-                log,
-                start,
-                StatusCode::BAD_GATEWAY,
-                "cannot reach an instance of this service\n",
-            );
+            return unreachable(service, log, start);
         };
         let up = &service.backends[index];
         let in_flight = InFlight::new(up.clone());
@@ -463,17 +457,7 @@ async fn forward(
         };
         let sent = tokio::time::timeout(plan.response_timeout, tx.try_send_request(req)).await;
         match sent {
-            Err(_elapsed) => {
-                service.metrics.upstream_error(UpstreamError::Timeout);
-                tracing::warn!(instance = %up.instance, "backend did not answer within the response timeout");
-                return local(
-                    Some(service),
-                    with_instance(log, up),
-                    start,
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "the instance did not answer in time\n",
-                );
-            }
+            Err(_elapsed) => return timed_out(service, up, log, start),
             Ok(Ok(resp)) => {
                 return respond(
                     ctx,
@@ -509,15 +493,7 @@ async fn forward(
                     req = head;
                     continue;
                 }
-                service.metrics.upstream_error(UpstreamError::Reset);
-                tracing::debug!(instance = %up.instance, error = %err, "forwarding failed");
-                return local(
-                    Some(service),
-                    with_instance(log, up),
-                    start,
-                    StatusCode::BAD_GATEWAY,
-                    "the instance closed the connection\n",
-                );
+                return failed(service, up, log, start, &err);
             }
         }
     }
@@ -540,13 +516,7 @@ async fn forward_inline(
     let mut retried = false;
     loop {
         let Some(index) = balance::pick(service, tried) else {
-            return local(
-                Some(service),
-                log,
-                start,
-                StatusCode::BAD_GATEWAY,
-                "cannot reach an instance of this service\n",
-            );
+            return unreachable(service, log, start);
         };
         let up = &service.backends[index];
         let in_flight = InFlight::new(up.clone());
@@ -564,17 +534,7 @@ async fn forward_inline(
             },
         };
         match tokio::time::timeout(plan.response_timeout, conn.send(parts, forwarded)).await {
-            Err(_elapsed) => {
-                service.metrics.upstream_error(UpstreamError::Timeout);
-                tracing::warn!(instance = %up.instance, "backend did not answer within the response timeout");
-                return local(
-                    Some(service),
-                    with_instance(log, up),
-                    start,
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "the instance did not answer in time\n",
-                );
-            }
+            Err(_elapsed) => return timed_out(service, up, log, start),
             Ok(Ok((head, body))) => {
                 let status = head.status;
                 // Hop-by-hop fields were left out by the parser.
@@ -605,18 +565,58 @@ async fn forward_inline(
                     retried = true;
                     continue;
                 }
-                service.metrics.upstream_error(UpstreamError::Reset);
-                tracing::debug!(instance = %up.instance, error = %e, "forwarding failed");
-                return local(
-                    Some(service),
-                    with_instance(log, up),
-                    start,
-                    StatusCode::BAD_GATEWAY,
-                    "the instance closed the connection\n",
-                );
+                return failed(service, up, log, start, &e);
             }
         }
     }
+}
+
+/// 502: no instance left to try (all refused or failed to connect).
+fn unreachable(service: &Service, log: LogCtx, start: Instant) -> Response<RespBody> {
+    local(
+        Some(service),
+        log,
+        start,
+        StatusCode::BAD_GATEWAY,
+        "cannot reach an instance of this service\n",
+    )
+}
+
+/// 504: the instance did not answer within the response timeout.
+fn timed_out(
+    service: &Service,
+    up: &upstream::Upstream,
+    log: LogCtx,
+    start: Instant,
+) -> Response<RespBody> {
+    service.metrics.upstream_error(UpstreamError::Timeout);
+    tracing::warn!(instance = %up.instance, "backend did not answer within the response timeout");
+    local(
+        Some(service),
+        with_instance(log, up),
+        start,
+        StatusCode::GATEWAY_TIMEOUT,
+        "the instance did not answer in time\n",
+    )
+}
+
+/// 502: the exchange with the instance broke and may not be retried.
+fn failed(
+    service: &Service,
+    up: &upstream::Upstream,
+    log: LogCtx,
+    start: Instant,
+    error: &dyn std::fmt::Display,
+) -> Response<RespBody> {
+    service.metrics.upstream_error(UpstreamError::Reset);
+    tracing::debug!(instance = %up.instance, error = %error, "forwarding failed");
+    local(
+        Some(service),
+        with_instance(log, up),
+        start,
+        StatusCode::BAD_GATEWAY,
+        "the instance closed the connection\n",
+    )
 }
 
 fn connect_failed(up: &upstream::Upstream, e: &ConnectError) {
