@@ -30,7 +30,9 @@ import subprocess
 import sys
 import time
 
-TAG_VAR = "BERTH_BENCH_TAG"
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from procfs import TAG_VAR, descendants, read, smaps, stat_fields, tagged  # noqa: E402
+
 HOST = "bench.test"
 PROXY_CPU = "1"
 LOAD_CPU = "0"
@@ -38,33 +40,11 @@ LOAD_CPU = "0"
 # ---------------------------------------------------------------------------- /proc
 
 
-def read(path, mode="rb"):
-    try:
-        with open(path, mode) as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def pids():
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            yield int(name)
-
-
-def ppid(pid):
-    stat = read(f"/proc/{pid}/stat")
-    if stat is None:
-        return None
-    return int(stat[stat.rindex(b")") + 2 :].split()[1])
-
-
 def cpu_ticks(pid):
     """(utime, stime) of a process (all threads), in clock ticks."""
-    stat = read(f"/proc/{pid}/stat")
-    if stat is None:
+    f = stat_fields(pid)
+    if f is None:
         return (0, 0)
-    f = stat[stat.rindex(b")") + 2 :].split()
     return (int(f[11]), int(f[12]))
 
 
@@ -75,45 +55,6 @@ def sum_ticks(pids):
         user += u
         system += s
     return user, system
-
-
-def tagged(tag):
-    needle = f"{TAG_VAR}={tag}".encode() + b"\0"
-    me = os.getpid()
-    out = []
-    for pid in pids():
-        if pid == me:
-            continue
-        env = read(f"/proc/{pid}/environ")
-        if env and needle in env + b"\0":
-            out.append(pid)
-    return out
-
-
-def children(parents):
-    parents = set(parents)
-    return [p for p in pids() if ppid(p) in parents]
-
-
-def descendants(root):
-    out, frontier = [], [root]
-    while frontier:
-        kids = children(frontier)
-        out += kids
-        frontier = kids
-    return out
-
-
-def smaps(pid):
-    raw = read(f"/proc/{pid}/smaps_rollup", "r")
-    out = {}
-    if raw is None:
-        return out
-    for line in raw.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[2] == "kB":
-            out[parts[0].rstrip(":")] = int(parts[1])
-    return out
 
 
 def kill_tree(tag):

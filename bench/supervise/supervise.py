@@ -32,29 +32,17 @@ import sys
 import time
 import xmlrpc.client
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from procfs import TAG_VAR, children, read, smaps, stat_fields, tagged  # noqa: E402
+
 POLL = 0.05
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 IDLE = 3.0
 PROGRAM = ["sleep", "100000"]
-TAG_VAR = "BERTH_BENCH_TAG"
 
 
 # ---------------------------------------------------------------------------- /proc
-
-
-def pids():
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            yield int(name)
-
-
-def read(path, mode="rb"):
-    try:
-        with open(path, mode) as f:
-            return f.read()
-    except OSError:
-        return None
 
 
 def cmdline(pid):
@@ -62,50 +50,9 @@ def cmdline(pid):
     return [] if raw is None else [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
-def ppid(pid):
-    stat = read(f"/proc/{pid}/stat")
-    if stat is None:
-        return None
-    # pid (comm) state ppid ...: comm may contain spaces and parentheses
-    return int(stat[stat.rindex(b")") + 2 :].split()[1])
-
-
 def alive(pid):
-    stat = read(f"/proc/{pid}/stat")
-    if stat is None:
-        return False
-    return stat[stat.rindex(b")") + 2 :].split()[0] != b"Z"
-
-
-def tagged(tag):
-    needle = f"{TAG_VAR}={tag}".encode() + b"\0"
-    me = os.getpid()
-    out = []
-    for pid in pids():
-        if pid == me:
-            continue
-        env = read(f"/proc/{pid}/environ")
-        if env and needle in env + b"\0":
-            out.append(pid)
-    return out
-
-
-def children(parents):
-    parents = set(parents)
-    return [p for p in pids() if ppid(p) in parents]
-
-
-def mem(pid):
-    """kB values from smaps_rollup: Pss, Rss, Private_Dirty, ..."""
-    raw = read(f"/proc/{pid}/smaps_rollup", "r")
-    out = {}
-    if raw is None:
-        return out
-    for line in raw.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[2] == "kB":
-            out[parts[0].rstrip(":")] = int(parts[1])
-    return out
+    f = stat_fields(pid)
+    return f is not None and f[0] != b"Z"
 
 
 def smaps_by_mapping(pid):
@@ -411,7 +358,7 @@ class Supervisord(Side):
 
 
 def sum_mem(pid_list, key):
-    return sum(mem(p).get(key, 0) for p in pid_list)
+    return sum(smaps(p).get(key, 0) for p in pid_list)
 
 
 def one_run(side):
@@ -429,7 +376,7 @@ def one_run(side):
         "pss": sum_mem(allp, "Pss"),
         "rss": sum_mem(allp, "Rss"),
         "groups": {
-            g: {k: [mem(p).get(k, 0) for p in ps] for k in ("Pss", "Private_Dirty", "Rss", "Anonymous")}
+            g: {k: [smaps(p).get(k, 0) for p in ps] for k in ("Pss", "Private_Dirty", "Rss", "Anonymous")}
             for g, ps in groups.items()
         },
         "polls": len(side.poll_costs),
