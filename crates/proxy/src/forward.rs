@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
+use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
@@ -72,9 +73,27 @@ pub(crate) async fn handle(
 ) -> Result<Response<RespBody>, Infallible> {
     ctx.requests.fetch_add(1, Ordering::Relaxed);
     let start = Instant::now();
-    match decide(&ctx, &req, start) {
+    let (parts, body) = req.into_parts();
+    match decide(&ctx, &parts, body.size_hint().exact(), start) {
         Decision::Respond(resp) => Ok(resp),
-        Decision::Forward(plan, log) => Ok(forward(&ctx, req, plan, log, start).await),
+        Decision::Forward(plan, log) => {
+            let req = Request::from_parts(parts, body);
+            Ok(forward(&ctx, req, plan, log, start).await)
+        }
+    }
+}
+
+/// Serves a request that has no body and asks for no upgrade (the inline HTTP/1.1
+/// server's requests, see `h1_serve`): the same rules, then [`forward_inline`].
+pub(crate) async fn handle_bodiless(ctx: &ConnCtx, parts: &Parts) -> Response<RespBody> {
+    let start = Instant::now();
+    match decide(ctx, parts, Some(0), start) {
+        Decision::Respond(resp) => resp,
+        Decision::Forward(plan, log) => {
+            let host = routed_host(parts);
+            let forwarded = forwarded(ctx, &plan, host.as_ref());
+            forward_inline(&plan, parts, &forwarded, log, start).await
+        }
     }
 }
 
@@ -84,7 +103,8 @@ enum Decision {
     Forward(Plan, LogCtx),
 }
 
-fn decide(ctx: &ConnCtx, req: &Request<Incoming>, start: Instant) -> Decision {
+/// The checks that need no backend. `body_len`: the request body's declared length.
+fn decide(ctx: &ConnCtx, req: &Parts, body_len: Option<u64>, start: Instant) -> Decision {
     let shared = &ctx.shared;
     let cfg = shared.config.load();
     let log: LogCtx = cfg.access_log.as_ref().map(|log| {
@@ -92,9 +112,9 @@ fn decide(ctx: &ConnCtx, req: &Request<Incoming>, start: Instant) -> Decision {
             time: SystemTime::now(),
             service: None,
             instance: None,
-            method: req.method().clone(),
-            host: req.headers().get(header::HOST).cloned(),
-            uri: req.uri().clone(),
+            method: req.method.clone(),
+            host: req.headers.get(header::HOST).cloned(),
+            uri: req.uri.clone(),
             status: 0,
             bytes: 0,
             duration: Duration::ZERO,
@@ -106,7 +126,7 @@ fn decide(ctx: &ConnCtx, req: &Request<Incoming>, start: Instant) -> Decision {
         Ok(raw) => raw,
         Err(why) => {
             let mut resp = local(None, log, start, StatusCode::BAD_REQUEST, why);
-            if req.version() < Version::HTTP_2 {
+            if req.version < Version::HTTP_2 {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
@@ -115,7 +135,7 @@ fn decide(ctx: &ConnCtx, req: &Request<Incoming>, start: Instant) -> Decision {
     };
     let host = normalize_host(raw_host);
     let routes = shared.routes.load();
-    let Some(service) = routes.lookup(&host, req.uri().path()) else {
+    let Some(service) = routes.lookup(&host, req.uri.path()) else {
         shared.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
         return Decision::Respond(local(
             None,
@@ -125,7 +145,7 @@ fn decide(ctx: &ConnCtx, req: &Request<Incoming>, start: Instant) -> Decision {
             "no service for this host\n",
         ));
     };
-    let client = headers::client_ip(ctx.peer, req.headers(), &cfg.trusted_proxies);
+    let client = headers::client_ip(ctx.peer, &req.headers, &cfg.trusted_proxies);
     let log = log.map(|(l, mut r)| {
         r.client = client;
         r.service = Some(service.name.clone());
@@ -148,7 +168,7 @@ fn decide(ctx: &ConnCtx, req: &Request<Incoming>, start: Instant) -> Decision {
             log,
             start,
             &host,
-            req.uri(),
+            &req.uri,
             cfg.redirect_port,
         ));
     }
@@ -165,12 +185,7 @@ fn decide(ctx: &ConnCtx, req: &Request<Incoming>, start: Instant) -> Decision {
             .insert(header::RETRY_AFTER, RETRY_AFTER_MAINTENANCE);
         return Decision::Respond(resp);
     }
-    if req
-        .body()
-        .size_hint()
-        .exact()
-        .is_some_and(|n| n > service.max_body)
-    {
+    if body_len.is_some_and(|n| n > service.max_body) {
         let mut resp = local(
             Some(service),
             log,
@@ -178,7 +193,7 @@ fn decide(ctx: &ConnCtx, req: &Request<Incoming>, start: Instant) -> Decision {
             StatusCode::PAYLOAD_TOO_LARGE,
             "request body too large\n",
         );
-        if req.version() < Version::HTTP_2 {
+        if req.version < Version::HTTP_2 {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -204,16 +219,16 @@ fn decide(ctx: &ConnCtx, req: &Request<Incoming>, start: Instant) -> Decision {
 /// The host a request is for, as sent: the request target's authority (absolute form,
 /// or `:authority` on HTTP/2) over `Host`. Refused as RFC 9112 3.2 says: more than one
 /// `Host`, none on an HTTP/1.1 request, or one that is not `host[:port]`.
-fn request_host(req: &Request<Incoming>) -> Result<&str, &'static str> {
-    let mut fields = req.headers().get_all(header::HOST).iter();
+fn request_host(req: &Parts) -> Result<&str, &'static str> {
+    let mut fields = req.headers.get_all(header::HOST).iter();
     let field = fields.next();
     if fields.next().is_some() {
         return Err("more than one Host header\n");
     }
-    let raw = match (req.uri().authority(), field) {
+    let raw = match (req.uri.authority(), field) {
         (Some(authority), _) => authority.as_str(),
         (None, Some(field)) => field.to_str().map_err(|_| "bad Host header\n")?,
-        (None, None) if req.version() == Version::HTTP_11 => {
+        (None, None) if req.version == Version::HTTP_11 => {
             return Err("missing Host header\n");
         }
         (None, None) => "",
@@ -344,6 +359,26 @@ fn local(
     resp
 }
 
+/// The host as routed (`request_host`): the authority of an absolute-form or HTTP/2
+/// request replaces any `Host` the client sent.
+fn routed_host(parts: &Parts) -> Option<HeaderValue> {
+    match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
+    }
+}
+
+fn forwarded<'a>(ctx: &'a ConnCtx, plan: &Plan, host: Option<&'a HeaderValue>) -> Forwarded<'a> {
+    Forwarded {
+        peer: ctx.peer,
+        peer_value: &ctx.peer_value,
+        peer_trusted: plan.peer_trusted,
+        client: plan.client,
+        https: ctx.https,
+        host,
+    }
+}
+
 fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
@@ -373,24 +408,11 @@ async fn forward(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
 
-    // As routed (`request_host`): the authority of an absolute-form or HTTP/2 request
-    // replaces any `Host` the client sent.
-    let host = match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => parts.headers.get(header::HOST).cloned(),
-    };
-    let from_h2 = parts.version == Version::HTTP_2;
-    if from_h2 {
+    let host = routed_host(&parts);
+    if parts.version == Version::HTTP_2 {
         join_cookies(&mut parts.headers);
     }
-    let forwarded = Forwarded {
-        peer: ctx.peer,
-        peer_value: &ctx.peer_value,
-        peer_trusted: plan.peer_trusted,
-        client: plan.client,
-        https: ctx.https,
-        host: host.as_ref(),
-    };
+    let forwarded = forwarded(ctx, &plan, host.as_ref());
     if body.is_end_stream() && !upgrade && parts.method != Method::CONNECT {
         // The head is written as it goes out (`Forwarded::encode`): the map stays as is.
         drop(body);
@@ -506,7 +528,7 @@ async fn forward(
 /// new connection once, when the request was not written at all or is idempotent.
 async fn forward_inline(
     plan: &Plan,
-    parts: &http::request::Parts,
+    parts: &Parts,
     forwarded: &Forwarded<'_>,
     log: LogCtx,
     start: Instant,

@@ -14,6 +14,8 @@
 //! - `upstream`: per-backend state and the keep-alive connection pools.
 //! - `h1`: the HTTP/1.1 client that forwards bodiless requests inside the request's task
 //!   (hyper's client, one task per connection, carries the rest).
+//! - `h1_serve`: the HTTP/1.1 server for bodiless requests on a connection's own task;
+//!   hyper takes the connection over at the first request it does not serve.
 //! - `forward`: the request handler (rules, redirects, limits, forwarding, upgrades).
 //! - `headers`: hop-by-hop stripping, `X-Forwarded-*`, client address resolution.
 //! - `body`: request/response body wrappers (size limits, accounting on completion).
@@ -29,6 +31,7 @@ mod balance;
 mod body;
 mod forward;
 mod h1;
+mod h1_serve;
 mod headers;
 mod listeners;
 mod metrics;
@@ -405,6 +408,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::h1::fuzz_response;
+    pub use crate::h1_serve::fuzz_request;
     pub use crate::headers::fuzz_request_head;
     pub use crate::routes::fuzz_route;
 }

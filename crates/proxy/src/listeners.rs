@@ -1,7 +1,8 @@
 //! Listeners and client connections: accept loops for the HTTP and HTTPS addresses,
-//! the TLS handshake (bounded by `header_timeout`), HTTP/1.1 or HTTP/2 (by ALPN) with
-//! hyper, graceful shutdown, and a lingering close so that a client still sending a
-//! body can read the 413/431 it was answered before the socket goes away.
+//! the TLS handshake (bounded by `header_timeout`), HTTP/1.1 (the inline server of
+//! `h1_serve` first, then hyper) or HTTP/2 (hyper) by ALPN, graceful shutdown, and a
+//! lingering close so that a client still sending a body can read the 413/431 it was
+//! answered before the socket goes away.
 //!
 //! Timeouts per connection: the TLS handshake and every HTTP/1 request head must
 //! arrive within `header_timeout` (hyper's header read timeout, which also ends idle
@@ -25,13 +26,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use ipnet::IpNet;
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::access_log::AccessLog;
 use crate::forward::{self, ConnCtx};
+use crate::h1_serve::{self, Outcome, Prefixed};
 use crate::{ProxyConfig, ProxyError, Shared};
 
 /// How long a closing connection keeps reading (and discarding) what the client still
@@ -169,7 +171,7 @@ async fn serve_connection(
     let _open = OpenGuard(&shared.metrics.connections_open);
     let io = Linger::new(stream);
     let Some(acceptor) = tls else {
-        serve_http(&shared, TokioIo::new(io), peer, false, false).await;
+        serve_http(&shared, io, peer, false, false).await;
         return;
     };
     let header_timeout = shared.config.load().header_timeout;
@@ -189,7 +191,7 @@ async fn serve_connection(
         }
     };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-    serve_http(&shared, TokioIo::new(stream), peer, true, h2).await;
+    serve_http(&shared, stream, peer, true, h2).await;
 }
 
 /// Drives a hyper connection until it ends, the proxy shuts down (graceful), or the
@@ -234,13 +236,10 @@ macro_rules! drive {
     }};
 }
 
-async fn serve_http<I>(
-    shared: &Arc<Shared>,
-    io: TokioIo<I>,
-    peer: SocketAddr,
-    https: bool,
-    h2: bool,
-) where
+/// Serves HTTP/2, or HTTP/1.1 with the inline server first and hyper from the first
+/// request that is not for it.
+async fn serve_http<I>(shared: &Arc<Shared>, mut io: I, peer: SocketAddr, https: bool, h2: bool)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let ctx = Arc::new(ConnCtx {
@@ -261,9 +260,25 @@ async fn serve_http<I>(
         builder
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX));
-        let conn = builder.serve_connection(io, service);
+        let conn = builder.serve_connection(TokioIo::new(io), service);
         drive!(conn, shared, Some((&*ctx, idle_timeout)));
     } else {
+        let served = tokio::select! {
+            outcome = h1_serve::serve(&ctx, &mut io) => outcome,
+            () = shared.hard_stop.cancelled() => return,
+        };
+        let read_ahead = match served {
+            Outcome::Handoff(read_ahead) => read_ahead,
+            Outcome::Closed => {
+                // As hyper ends a connection: a lingering close.
+                tokio::select! {
+                    _ = io.shutdown() => {}
+                    () = shared.hard_stop.cancelled() => {}
+                }
+                return;
+            }
+        };
+        let io = TokioIo::new(Prefixed::new(read_ahead, io));
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())

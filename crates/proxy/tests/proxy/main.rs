@@ -6,6 +6,7 @@ mod forwarding;
 mod limits;
 mod reload;
 mod routing;
+mod serving;
 mod support;
 mod tls;
 mod websocket;
