@@ -16,10 +16,12 @@
 //! HTTP/1.0, and every head hyper answers with 400 or 431) goes to hyper, so error
 //! answers and every other feature stay hyper's.
 //!
-//! Timeouts as hyper's: a request head must be complete within
-//! `min(header_timeout, idle_timeout)` of the previous response (then the connection
-//! closes without an answer); on graceful shutdown an idle connection closes, and a
-//! busy one closes after its response, which says `Connection: close`.
+//! As hyper's: a request head must be complete within `min(header_timeout,
+//! idle_timeout)` of the previous response (then the connection closes without an
+//! answer), and is parsed again only when new bytes may end it; a client that closes
+//! its connection while its request is forwarded ends the exchange with the instance;
+//! on graceful shutdown a connection between requests closes, and a busy one closes
+//! after its response, which says `Connection: close`.
 //!
 //! Must not: take a request hyper would refuse, or write a response whose framing
 //! differs from what its body yields.
@@ -50,8 +52,12 @@ const COALESCE: usize = 32 * 1024;
 
 /// How [`serve`] left the connection.
 pub(crate) enum Outcome {
-    /// Done: closed by the client, timed out, shut down, or a response said close.
+    /// Done, to be closed gracefully (a lingering close): the client closed its side,
+    /// a response said `Connection: close`, or the proxy shuts down.
     Closed,
+    /// Given up, to be dropped at once: a head timed out, the client went away in the
+    /// middle of an exchange, or its socket failed.
+    Dropped,
     /// hyper serves the rest; these bytes were read and not consumed.
     Handoff(BytesMut),
 }
@@ -75,12 +81,19 @@ where
     let mut shutdown = pin!(shared.shutdown.cancelled());
     loop {
         let mut deadline = None;
+        // How much of `buf` is known to hold no end of the head; 0: not parsed yet.
+        let mut scanned = 0;
         let (parts, asked_close) = loop {
-            match parse(&mut buf, max_head, &mut fields) {
-                Next::Request { parts, close } => break (parts, close),
-                Next::Hyper => return Outcome::Handoff(buf),
-                Next::More => {}
+            // A head that arrives in many pieces is parsed again only when the new bytes
+            // may end it (as hyper does), not once per piece.
+            if scanned == 0 || buf.len() >= max_head || may_end_head(&buf, scanned) {
+                match parse(&mut buf, max_head, &mut fields) {
+                    Next::Request { parts, close } => break (parts, close),
+                    Next::Hyper => return Outcome::Handoff(buf),
+                    Next::More => {}
+                }
             }
+            scanned = buf.len();
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(READ_CHUNK);
             }
@@ -90,15 +103,22 @@ where
             let read = tokio::select! {
                 biased;
                 read = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)) => read,
-                () = &mut shutdown, if buf.is_empty() => return Outcome::Closed,
+                () = &mut shutdown => return Outcome::Closed,
             };
             match read {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return Outcome::Closed,
+                Ok(Ok(0)) => return Outcome::Closed,
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(_) => return Outcome::Dropped,
             }
         };
         let head_request = parts.method == Method::HEAD;
-        let resp = forward::handle_bodiless(ctx, &parts).await;
+        // A client that goes away while the instance thinks ends the exchange (hyper
+        // drops its request then too).
+        let resp = tokio::select! {
+            biased;
+            resp = forward::handle_bodiless(ctx, &parts) => resp,
+            () = poll_fn(|cx| client_gone(io, &mut buf, cx)) => return Outcome::Dropped,
+        };
         drop(parts);
         let close = asked_close
             || shared.shutdown.is_cancelled()
@@ -107,13 +127,37 @@ where
                 .get_all(header::CONNECTION)
                 .iter()
                 .any(|v| has_close(v.as_bytes()));
-        if write_response(io, &mut out, resp, head_request, close)
-            .await
-            .is_err()
-            || close
-        {
-            return Outcome::Closed;
+        match write_response(io, &mut buf, &mut out, resp, head_request, close).await {
+            Err(_) => return Outcome::Dropped,
+            Ok(()) if close => return Outcome::Closed,
+            Ok(()) => {}
         }
+    }
+}
+
+/// Whether `buf` may hold the empty line that ends a head, looking only at what came
+/// after its first `scanned` bytes (and the 3 before, where a line end may have begun).
+fn may_end_head(buf: &[u8], scanned: usize) -> bool {
+    let new = &buf[scanned.saturating_sub(3)..];
+    new.windows(2).any(|w| w == b"\n\n") || new.windows(3).any(|w| w == b"\n\r\n")
+}
+
+/// Ready when the client has closed its connection (or it failed) while nothing of a
+/// next request has arrived. Bytes of one are kept in `buf`, and from then on the
+/// connection is not watched (as hyper does).
+fn client_gone<I>(io: &mut I, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<()>
+where
+    I: AsyncRead + Unpin,
+{
+    if !buf.is_empty() {
+        return Poll::Pending;
+    }
+    if buf.capacity() < 1024 {
+        buf.reserve(READ_CHUNK);
+    }
+    match tokio_util::io::poll_read_buf(Pin::new(io), cx, buf) {
+        Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(()),
+        Poll::Ready(Ok(_)) | Poll::Pending => Poll::Pending,
     }
 }
 
@@ -222,40 +266,62 @@ enum Step {
     Frame(Option<Result<Frame<Bytes>, BoxError>>),
     /// Nothing ready yet: write what is gathered first.
     Flush,
+    /// Nothing ready, and the client has gone.
+    Gone,
 }
 
-/// Writes `resp` as HTTP/1.1: framing from the body (`Content-Length` when its size is
-/// known, else chunked), no body for HEAD, 1xx, 204 and 304 (their fields as given),
-/// `Date` when missing, `Connection: close` with `close`. The head and the first body
-/// pieces go out together; an error in the body fails the write (the connection then
-/// closes, so the client sees a cut response).
+/// Writes `resp` as HTTP/1.1 with the framing hyper's server would give it: no body
+/// for HEAD, 1xx, 204 and 304; no length for 1xx, 204 and 304; a HEAD response keeps
+/// the length its instance gave, else has the length of its body when it has one;
+/// other responses get `Content-Length` when their body's size is known (0 for an
+/// empty one), else are chunked. `Date` is added when missing, `Connection: close` with
+/// `close`.
+///
+/// The head and the first body pieces go out together, and every write is flushed (a
+/// TLS stream may hold records back otherwise). An error in the body fails the write,
+/// and so does a client that goes away while the body waits on the instance (its
+/// connection is then dropped, so a client still there sees a cut response); bytes of
+/// a next request that arrive meanwhile are kept in `buf`.
 async fn write_response<I>(
     io: &mut I,
+    buf: &mut BytesMut,
     out: &mut Vec<u8>,
     resp: Response<RespBody>,
     head_request: bool,
     close: bool,
 ) -> io::Result<()>
 where
-    I: AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin,
 {
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
-    let bodiless = head_request
-        || status.is_informational()
+    let no_length = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let length = body.size_hint().exact();
+    let bodiless = head_request || no_length;
+    let length = if body.is_end_stream() {
+        Some(0)
+    } else {
+        body.size_hint().exact()
+    };
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    let mut has_length = false;
     let mut has_date = false;
     let mut has_connection = false;
     for (name, value) in &parts.headers {
-        if !bodiless && (*name == header::CONTENT_LENGTH || *name == header::TRANSFER_ENCODING) {
+        if *name == header::CONTENT_LENGTH {
+            if head_request {
+                has_length = true;
+                field(out, name.as_str().as_bytes(), value.as_bytes());
+            }
+            continue;
+        }
+        if *name == header::TRANSFER_ENCODING {
             continue;
         }
         has_date |= *name == header::DATE;
@@ -263,11 +329,14 @@ where
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     let chunked = !bodiless && length.is_none();
-    if let (false, Some(n)) = (bodiless, length) {
-        field(out, b"content-length", itoa(n, &mut [0; 20]));
-    }
-    if chunked {
-        field(out, b"transfer-encoding", b"chunked");
+    if !no_length && !has_length {
+        match length {
+            // A HEAD response without a length of its own says nothing (hyper's rule).
+            Some(0) if head_request => {}
+            Some(n) => field(out, b"content-length", itoa(n, &mut [0; 20])),
+            None if chunked => field(out, b"transfer-encoding", b"chunked"),
+            None => {}
+        }
     }
     if !has_date {
         date(out);
@@ -278,23 +347,26 @@ where
     out.extend_from_slice(b"\r\n");
     if bodiless {
         drop(body);
-        return io.write_all(out).await;
+        io.write_all(out).await?;
+        return io.flush().await;
     }
     loop {
         let step = poll_fn(
             |cx: &mut Context<'_>| match Pin::new(&mut body).poll_frame(cx) {
-                Poll::Pending if !out.is_empty() => Poll::Ready(Step::Flush),
-                Poll::Pending => Poll::Pending,
                 Poll::Ready(frame) => Poll::Ready(Step::Frame(frame)),
+                Poll::Pending if !out.is_empty() => Poll::Ready(Step::Flush),
+                Poll::Pending => client_gone(io, buf, cx).map(|()| Step::Gone),
             },
         )
         .await;
         let data = match step {
             Step::Flush => {
                 io.write_all(out).await?;
+                io.flush().await?;
                 out.clear();
                 continue;
             }
+            Step::Gone => return Err(io::ErrorKind::ConnectionAborted.into()),
             Step::Frame(None) => break,
             Step::Frame(Some(Err(e))) => return Err(io::Error::other(e)),
             Step::Frame(Some(Ok(frame))) => match frame.into_data() {
@@ -322,7 +394,8 @@ where
     }
     // The upstream connection goes back to its pool before the client hears back.
     drop(body);
-    io.write_all(out).await
+    io.write_all(out).await?;
+    io.flush().await
 }
 
 fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -406,6 +479,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
         let n = self.prefix.len().min(buf.remaining());
         buf.put_slice(&self.prefix[..n]);
         self.prefix.advance(n);
+        if self.prefix.is_empty() {
+            // Not kept for the connection's life (a WebSocket's, say).
+            self.prefix = BytesMut::new();
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -461,7 +538,8 @@ pub fn fuzz_request(data: &[u8]) {
             );
             // A fragment, if any, is dropped from the target.
             let target = parts.uri.path_and_query().map_or("", |p| p.as_str());
-            assert!(again.path.unwrap_or_default().starts_with(target));
+            let sent = again.path.unwrap_or_default();
+            assert_eq!(sent.split_once('#').map_or(sent, |(t, _)| t), target);
             assert_eq!(parts.headers.len(), again.headers.len());
             assert!(!parts.headers.contains_key(header::CONTENT_LENGTH));
             assert!(!parts.headers.contains_key(header::TRANSFER_ENCODING));
@@ -588,6 +666,57 @@ mod tests {
             parsed(b"GET /a<b HTTP/1.1\r\nHost: a\r\n\r\nnext", 4096),
             "hyper"
         );
+    }
+
+    #[test]
+    fn a_head_is_parsed_again_only_when_its_end_may_have_come() {
+        for head in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n\r\n"[..],
+            b"GET / HTTP/1.1\nHost: a\n\n",
+        ] {
+            // Whatever was scanned before, new bytes that end the head are seen...
+            for scanned in 0..head.len() {
+                assert!(may_end_head(head, scanned), "{scanned}");
+            }
+            // ...and bytes that do not end it are not.
+            let open = &head[..head.len() - 1];
+            for scanned in 0..open.len() {
+                let seen = may_end_head(open, scanned);
+                // Only the empty line at the very end ends a head; none before it.
+                assert!(!seen, "{scanned}: {:?}", String::from_utf8_lossy(open));
+            }
+        }
+    }
+
+    #[test]
+    fn every_response_is_flushed() {
+        // A transport that holds writes back until flushed, as a TLS stream does when
+        // its socket is full.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (mut client, server) = tokio::io::duplex(1 << 16);
+            let mut io = tokio::io::BufWriter::new(server);
+            let (mut buf, mut out) = (BytesMut::new(), Vec::new());
+            for (body, head_request) in [("hello", false), ("", false), ("hello", true)] {
+                let resp = Response::new(RespBody::full(body));
+                write_response(&mut io, &mut buf, &mut out, resp, head_request, false)
+                    .await
+                    .expect("written");
+                let mut got = vec![0u8; 1024];
+                let n =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), client.read(&mut got))
+                        .await
+                        .expect("the response is not held back")
+                        .expect("read");
+                let got = String::from_utf8_lossy(&got[..n]);
+                assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+                let shown = if head_request { "" } else { body };
+                assert!(got.ends_with(&format!("\r\n\r\n{shown}")), "{got}");
+            }
+        });
     }
 
     #[test]

@@ -277,6 +277,7 @@ where
                 }
                 return;
             }
+            Outcome::Dropped => return,
         };
         let io = TokioIo::new(Prefixed::new(read_ahead, io));
         let mut builder = http1::Builder::new();

@@ -1,7 +1,8 @@
 //! HTTP/1.1 on one client connection: every kind of response framing, pipelined
 //! requests, a request with a body in the middle of bodiless ones (the inline server
-//! hands the connection to hyper there), `Connection: close`, and shutdown of idle and
-//! busy keep-alive connections.
+//! hands the connection to hyper there), `Connection: close`, clients that leave in
+//! the middle of an exchange, a large body to a slow TLS reader, and shutdown of idle,
+//! half-sent and busy keep-alive connections.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,9 +16,13 @@ use crate::support::*;
 /// - `/chunked`: `hello` in two chunks;
 /// - `/eof`: `hello`, delimited by closing the connection;
 /// - `/none`: 204; `/cached`: 304 with `content-length: 5` and no body;
-/// - `/slow`: as below, after 300 ms;
+/// - `/stream`: a chunk `first`, then the rest of a chunked body after 60 s;
+/// - `/big`: [`BIG`] bytes of `x`, with their length;
+/// - `/slow`: as below, after 1 s; `/hang`: the same after 60 s;
 /// - anything else: `METHOD /path` plus ` +N` for a body of N bytes, with its length
 ///   (no body for HEAD).
+const BIG: usize = 4 << 20;
+
 async fn scripted() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -41,13 +46,26 @@ async fn scripted() -> SocketAddr {
                                 .await;
                             return;
                         }
+                        "/stream" => {
+                            let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                            let _ = s.write_all(format!("{head}5\r\nfirst\r\n").as_bytes()).await;
+                            tokio::time::sleep(Duration::from_secs(60)).await;
+                            "4\r\nrest\r\n0\r\n\r\n".to_owned()
+                        }
+                        "/big" => {
+                            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {BIG}\r\n\r\n");
+                            let _ = s.write_all(head.as_bytes()).await;
+                            "x".repeat(BIG)
+                        }
                         "/none" => "HTTP/1.1 204 No Content\r\n\r\n".to_owned(),
                         "/cached" => {
                             "HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n".to_owned()
                         }
                         _ => {
-                            if path == "/slow" {
-                                tokio::time::sleep(Duration::from_millis(300)).await;
+                            match path.as_str() {
+                                "/slow" => tokio::time::sleep(Duration::from_secs(1)).await,
+                                "/hang" => tokio::time::sleep(Duration::from_secs(60)).await,
+                                _ => {}
                             }
                             let mut body = format!("{method} {path}");
                             if let Some(n) = head
@@ -146,7 +164,11 @@ async fn read_response(
 }
 
 fn request(method: &str, path: &str) -> String {
-    format!("{method} {path} HTTP/1.1\r\nhost: web.test\r\n\r\n")
+    request_to("web.test", method, path)
+}
+
+fn request_to(host: &str, method: &str, path: &str) -> String {
+    format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\n\r\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,26 +181,67 @@ async fn every_response_framing_on_one_connection() {
     .await;
     let mut client = TcpStream::connect(addr).await.expect("connect");
     let mut pending = Vec::new();
-    // (method, path, status, body, a field the head must have)
+    let chunked = "transfer-encoding: chunked";
+    let length = "content-length";
+    // (host, method, path, status, body, a field the head must have, one it must not)
     let cases = [
-        (
-            "GET",
-            "/chunked",
-            200,
-            "hello",
-            "transfer-encoding: chunked",
-        ),
+        ("web.test", "GET", "/chunked", 200, "hello", chunked, length),
         // Read to the instance's close: chunked to the client, which keeps its connection.
-        ("GET", "/eof", 200, "hello", "transfer-encoding: chunked"),
-        ("GET", "/none", 204, "", "date: "),
-        ("GET", "/cached", 304, "", "content-length: 5"),
-        ("HEAD", "/x", 200, "", "content-length: 7"),
-        ("GET", "/x", 200, "GET /x", "content-length: 6"),
-        ("DELETE", "/y", 200, "DELETE /y", "content-length: 9"),
+        ("web.test", "GET", "/eof", 200, "hello", chunked, length),
+        // No body and no length (RFC 9110 8.6; hyper's rule too).
+        ("web.test", "GET", "/none", 204, "", "date: ", length),
+        ("web.test", "GET", "/cached", 304, "", "date: ", length),
+        // HEAD: the instance's length, no body.
+        (
+            "web.test",
+            "HEAD",
+            "/x",
+            200,
+            "",
+            "content-length: 7",
+            chunked,
+        ),
+        (
+            "web.test",
+            "GET",
+            "/x",
+            200,
+            "GET /x",
+            "content-length: 6",
+            chunked,
+        ),
+        (
+            "web.test",
+            "DELETE",
+            "/y",
+            200,
+            "DELETE /y",
+            "content-length: 9",
+            chunked,
+        ),
+        // The proxy's own answers: the length of their text, also to HEAD.
+        (
+            "nowhere.test",
+            "HEAD",
+            "/",
+            404,
+            "",
+            "content-length: 25",
+            chunked,
+        ),
+        (
+            "nowhere.test",
+            "GET",
+            "/",
+            404,
+            "no service for this host\n",
+            "content-length: 25",
+            chunked,
+        ),
     ];
-    for (method, path, status, body, field) in cases {
+    for (host, method, path, status, body, field, absent) in cases {
         client
-            .write_all(request(method, path).as_bytes())
+            .write_all(request_to(host, method, path).as_bytes())
             .await
             .expect("write");
         let (head, got) = read_response(&mut client, &mut pending, method == "HEAD").await;
@@ -191,6 +254,10 @@ async fn every_response_framing_on_one_connection() {
         assert!(
             head.contains(field),
             "{method} {path}: no {field:?} in {head}"
+        );
+        assert!(
+            !head.contains(absent),
+            "{method} {path}: {absent:?} in {head}"
         );
         assert!(!head.contains("connection: close"), "{head}");
     }
@@ -274,6 +341,11 @@ async fn shutdown_closes_idle_connections_and_busy_ones_after_their_response() {
         .await
         .expect("write");
     read_response(&mut idle, &mut pending, false).await;
+    let mut half_sent = TcpStream::connect(addr).await.expect("connect");
+    half_sent
+        .write_all(b"GET /a HTTP/1.1\r\nhost: web")
+        .await
+        .expect("write");
     let mut busy = TcpStream::connect(addr).await.expect("connect");
     busy.write_all(request("GET", "/slow").as_bytes())
         .await
@@ -289,7 +361,7 @@ async fn shutdown_closes_idle_connections_and_busy_ones_after_their_response() {
     let (head, body) = read_response(&mut busy, &mut Vec::new(), false).await;
     assert_eq!(String::from_utf8_lossy(&body), "GET /slow");
     assert!(head.contains("connection: close"), "{head}");
-    for stream in [&mut idle, &mut busy] {
+    for stream in [&mut idle, &mut half_sent, &mut busy] {
         let mut rest = Vec::new();
         let n = tokio::time::timeout(WAIT, stream.read_to_end(&mut rest))
             .await
@@ -297,4 +369,91 @@ async fn shutdown_closes_idle_connections_and_busy_ones_after_their_response() {
             .expect("read");
         assert_eq!(n, 0, "{rest:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_ends_the_exchange() {
+    let backend = scripted().await;
+    let mut cfg = config();
+    cfg.response_timeout = Duration::from_secs(120);
+    let (proxy, addr) = start(cfg, table(vec![service_at("web", "web.test", backend)])).await;
+    // Gone while the instance thinks.
+    let mut waiting = TcpStream::connect(addr).await.expect("connect");
+    waiting
+        .write_all(request("GET", "/hang").as_bytes())
+        .await
+        .expect("write");
+    eventually(WAIT, "request in flight", || async {
+        (proxy.in_flight("web") == 1).then_some(())
+    })
+    .await;
+    drop(waiting);
+    eventually(WAIT, "the exchange to end", || async {
+        (proxy.in_flight("web") == 0).then_some(())
+    })
+    .await;
+    // Gone in the middle of a streamed body.
+    let mut streaming = TcpStream::connect(addr).await.expect("connect");
+    streaming
+        .write_all(request("GET", "/stream").as_bytes())
+        .await
+        .expect("write");
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("first") {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(WAIT, streaming.read(&mut buf))
+            .await
+            .expect("the first chunk comes before the rest")
+            .expect("read");
+        assert!(n > 0, "closed: {seen:?}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(proxy.in_flight("web"), 1);
+    drop(streaming);
+    eventually(WAIT, "the streamed exchange to end", || async {
+        (proxy.in_flight("web") == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_reaches_a_slow_tls_reader_whole() {
+    let dir = temp_dir("big-tls");
+    let c = cert(&dir, "web", &["web.test"]);
+    let backend = scripted().await;
+    let mut cfg = config();
+    cfg.https = Some("127.0.0.1:0".parse().expect("addr"));
+    cfg.certificates = vec![(c.cert.clone(), c.key.clone())];
+    // A body held back would show as a stall, not as a close at a timeout.
+    cfg.header_timeout = Duration::from_secs(120);
+    cfg.idle_timeout = Duration::from_secs(120);
+    let (proxy, _) = start(cfg, table(vec![service_at("web", "web.test", backend)])).await;
+    let addr = proxy.local_addrs().1.expect("https");
+    // A small receive window: the proxy's writes keep finding the socket full.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let tcp = socket.connect(addr).await.expect("connect");
+    let mut client = tls_over(tcp, Some("web.test"), &[b"http/1.1"]).await;
+    client
+        .write_all(request("GET", "/big").as_bytes())
+        .await
+        .expect("write");
+    let mut got = Vec::with_capacity(BIG + 1024);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut head_end = None;
+    while head_end.is_none_or(|end| got.len() < end + BIG) {
+        let n = tokio::time::timeout(WAIT, client.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {} bytes", got.len()))
+            .expect("read");
+        assert!(n > 0, "closed after {} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+        if head_end.is_none() {
+            head_end = got.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+        }
+    }
+    let head_end = head_end.expect("a head");
+    assert_eq!(got.len(), head_end + BIG);
+    assert!(got[head_end..].iter().all(|&b| b == b'x'));
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -439,6 +439,13 @@ pub type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// TLS to `addr`; `sni` = `None` sends no SNI. `alpn` e.g. `[b"h2"]`.
 pub async fn tls_connect(addr: SocketAddr, sni: Option<&str>, alpn: &[&[u8]]) -> TlsStream {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    tls_over(tcp, sni, alpn).await
+}
+
+/// TLS over a connected socket, as [`tls_connect`].
+pub async fn tls_over(tcp: TcpStream, sni: Option<&str>, alpn: &[&[u8]]) -> TlsStream {
+    let addr = tcp.peer_addr().expect("peer");
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -451,7 +458,6 @@ pub async fn tls_connect(addr: SocketAddr, sni: Option<&str>, alpn: &[&[u8]]) ->
         Some(s) => ServerName::try_from(s.to_owned()).expect("server name"),
         None => ServerName::IpAddress(addr.ip().into()),
     };
-    let tcp = TcpStream::connect(addr).await.expect("connect");
     tokio::time::timeout(
         WAIT,
         tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
