@@ -6,9 +6,10 @@
 //! hyper's server runs a dispatcher per connection that turns each request head into a
 //! `Request`, reads the wall clock on every poll and frames the response through its
 //! generic encoder. For the commonest request of all, a GET on a keep-alive
-//! connection, that was the largest share of berth's own CPU time. Here such a request
-//! is parsed with httparse (as hyper does), goes through the same rules
-//! (`forward::handle_bodiless`), and its response is written with one `send`.
+//! connection, that was about a sixth of berth's user-space CPU time
+//! (`bench/proxy/README.md`). Here such a request is parsed with httparse (as hyper
+//! does), goes through the same rules (`forward::handle_bodiless`), and its response is
+//! written with one `send`.
 //!
 //! Taken here: HTTP/1.1, an origin-form target, any method but CONNECT, no
 //! `Content-Length`, `Transfer-Encoding`, `Upgrade` or `Expect`, a complete head within
@@ -20,8 +21,8 @@
 //! idle_timeout)` of the previous response (then the connection closes without an
 //! answer), and is parsed again only when new bytes may end it; a client that closes
 //! its connection while its request is forwarded ends the exchange with the instance;
-//! on graceful shutdown a connection between requests closes, and a busy one closes
-//! after its response, which says `Connection: close`.
+//! on graceful shutdown a connection waiting for a request head closes, and a busy one
+//! closes after its response, which says `Connection: close`.
 //!
 //! Must not: take a request hyper would refuse, or write a response whose framing
 //! differs from what its body yields.
