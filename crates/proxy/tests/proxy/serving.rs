@@ -163,6 +163,12 @@ async fn read_response(
     (head, std::mem::take(pending))
 }
 
+/// A proxy with `cfg` and one service, `web.test`, routed to a [`scripted`] instance.
+async fn in_front_of_scripted(cfg: proxy::ProxyConfig) -> (proxy::Proxy, SocketAddr) {
+    let backend = scripted().await;
+    start(cfg, table(vec![service_at("web", "web.test", backend)])).await
+}
+
 fn request(method: &str, path: &str) -> String {
     request_to("web.test", method, path)
 }
@@ -173,12 +179,7 @@ fn request_to(host: &str, method: &str, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_response_framing_on_one_connection() {
-    let backend = scripted().await;
-    let (_proxy, addr) = start(
-        config(),
-        table(vec![service_at("web", "web.test", backend)]),
-    )
-    .await;
+    let (_proxy, addr) = in_front_of_scripted(config()).await;
     let mut client = TcpStream::connect(addr).await.expect("connect");
     let mut pending = Vec::new();
     let chunked = "transfer-encoding: chunked";
@@ -269,12 +270,7 @@ async fn every_response_framing_on_one_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_with_a_body_in_the_middle() {
-    let backend = scripted().await;
-    let (_proxy, addr) = start(
-        config(),
-        table(vec![service_at("web", "web.test", backend)]),
-    )
-    .await;
+    let (_proxy, addr) = in_front_of_scripted(config()).await;
     let mut client = TcpStream::connect(addr).await.expect("connect");
     // All in one write: two bodiless requests, one with a body, one more without.
     let burst = format!(
@@ -306,12 +302,7 @@ async fn pipelined_requests_with_a_body_in_the_middle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_close_ends_the_connection_after_the_response() {
-    let backend = scripted().await;
-    let (_proxy, addr) = start(
-        config(),
-        table(vec![service_at("web", "web.test", backend)]),
-    )
-    .await;
+    let (_proxy, addr) = in_front_of_scripted(config()).await;
     let mut client = TcpStream::connect(addr).await.expect("connect");
     client
         .write_all(b"GET /a HTTP/1.1\r\nhost: web.test\r\nConnection: close\r\n\r\n")
@@ -329,12 +320,11 @@ async fn connection_close_ends_the_connection_after_the_response() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_idle_connections_and_busy_ones_after_their_response() {
-    let backend = scripted().await;
     // No timeout may close the idle connection before shutdown does.
     let mut cfg = config();
     cfg.header_timeout = Duration::from_secs(60);
     cfg.idle_timeout = Duration::from_secs(60);
-    let (proxy, addr) = start(cfg, table(vec![service_at("web", "web.test", backend)])).await;
+    let (proxy, addr) = in_front_of_scripted(cfg).await;
     let mut idle = TcpStream::connect(addr).await.expect("connect");
     let mut pending = Vec::new();
     idle.write_all(request("GET", "/a").as_bytes())
@@ -373,10 +363,9 @@ async fn shutdown_closes_idle_connections_and_busy_ones_after_their_response() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_ends_the_exchange() {
-    let backend = scripted().await;
     let mut cfg = config();
     cfg.response_timeout = Duration::from_secs(120);
-    let (proxy, addr) = start(cfg, table(vec![service_at("web", "web.test", backend)])).await;
+    let (proxy, addr) = in_front_of_scripted(cfg).await;
     // Gone while the instance thinks.
     let mut waiting = TcpStream::connect(addr).await.expect("connect");
     waiting
@@ -420,14 +409,13 @@ async fn a_client_that_leaves_ends_the_exchange() {
 async fn a_large_body_reaches_a_slow_tls_reader_whole() {
     let dir = temp_dir("big-tls");
     let c = cert(&dir, "web", &["web.test"]);
-    let backend = scripted().await;
     let mut cfg = config();
     cfg.https = Some("127.0.0.1:0".parse().expect("addr"));
     cfg.certificates = vec![(c.cert.clone(), c.key.clone())];
     // A body held back would show as a stall, not as a close at a timeout.
     cfg.header_timeout = Duration::from_secs(120);
     cfg.idle_timeout = Duration::from_secs(120);
-    let (proxy, _) = start(cfg, table(vec![service_at("web", "web.test", backend)])).await;
+    let (proxy, _) = in_front_of_scripted(cfg).await;
     let addr = proxy.local_addrs().1.expect("https");
     // A small receive window: the proxy's writes keep finding the socket full.
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
