@@ -5,9 +5,10 @@
 //! answered before the socket goes away.
 //!
 //! Timeouts per connection: the TLS handshake and every HTTP/1 request head must
-//! arrive within `header_timeout` (hyper's header read timeout, which also ends idle
-//! keep-alive connections, at `min(header_timeout, idle_timeout)`); an HTTP/2 connection
-//! that saw no new request for `idle_timeout` gets a GOAWAY and finishes its streams.
+//! arrive within `header_timeout` (the inline server's head timeout, then hyper's
+//! header read timeout after a handoff; both also end idle keep-alive connections, at
+//! `min(header_timeout, idle_timeout)`); an HTTP/2 connection that saw no new request
+//! for `idle_timeout` gets a GOAWAY and finishes its streams.
 //!
 //! Must not: route or forward (that is `forward`), or hold the config snapshot of a
 //! connection longer than its handshake needs.
