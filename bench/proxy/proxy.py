@@ -191,18 +191,15 @@ def make_cert(work):
     return cert, key, both
 
 
-def upstream_conf(work):
-    """The upstream nginx; berth's instance command fills in the port."""
-    d = f"{work}/upstream"
-    if os.path.exists(f"{d}/nginx.conf.in"):
-        return (f"sed s/@PORT@/$PORT/g {d}/nginx.conf.in > {d}/nginx-$PORT.conf && "
-                f"exec taskset -c {LOAD_CPU} nginx -p {d} -c {d}/nginx-$PORT.conf")
-    os.makedirs(d, exist_ok=True)
-    write(f"{d}/nginx.conf.in", f"""\
+def nginx_http_head(d, suffix=""):
+    """What both nginx configs (upstream and proxy) start with: one worker, files under
+    `d` (pid and error log named with `suffix`), and the `http` block's common settings,
+    left open."""
+    return f"""\
 daemon off;
 worker_processes 1;
-pid {d}/nginx-@PORT@.pid;
-error_log {d}/error-@PORT@.log warn;
+pid {d}/nginx{suffix}.pid;
+error_log {d}/error{suffix}.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
@@ -213,6 +210,17 @@ http {{
     fastcgi_temp_path {d}/tmp;
     uwsgi_temp_path {d}/tmp;
     scgi_temp_path {d}/tmp;
+"""
+
+
+def upstream_conf(work):
+    """The upstream nginx; berth's instance command fills in the port."""
+    d = f"{work}/upstream"
+    if os.path.exists(f"{d}/nginx.conf.in"):
+        return (f"sed s/@PORT@/$PORT/g {d}/nginx.conf.in > {d}/nginx-$PORT.conf && "
+                f"exec taskset -c {LOAD_CPU} nginx -p {d} -c {d}/nginx-$PORT.conf")
+    os.makedirs(d, exist_ok=True)
+    write(f"{d}/nginx.conf.in", nginx_http_head(d, "-@PORT@") + f"""\
     server {{
         listen 127.0.0.1:@PORT@ reuseport;
         location / {{ default_type text/plain; return 200 "ok\\n"; }}
@@ -265,21 +273,7 @@ FORWARD_NGINX = """\
 def nginx_conf(work, http, https, cert, key, up_port):
     d = f"{work}/nginx"
     os.makedirs(f"{d}/tmp", exist_ok=True)
-    write(f"{d}/nginx.conf", f"""\
-daemon off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    keepalive_timeout 75s;
-    keepalive_requests 100000000;
-    client_body_temp_path {d}/tmp;
-    proxy_temp_path {d}/tmp;
-    fastcgi_temp_path {d}/tmp;
-    uwsgi_temp_path {d}/tmp;
-    scgi_temp_path {d}/tmp;
+    write(f"{d}/nginx.conf", nginx_http_head(d) + f"""\
     upstream up {{
         server 127.0.0.1:{up_port};
         keepalive 64;
